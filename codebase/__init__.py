@@ -1,0 +1,1 @@
+"""The VAE / GMVAE problem-set codebase."""

@@ -1,0 +1,273 @@
+"""Training: Adam over shuffled passes of MNIST, every batch binarised afresh.
+
+The whole training set lives on the training device as one tensor of gray levels
+and batches are drawn from it by index, so no per-image Python runs in the loop.
+On CUDA the whole step (binarisation, forward, backward, Adam) is captured once
+in a CUDA graph and replayed, because at this model's size an eager step is
+bound by kernel-launch overhead.
+"""
+import csv
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from codebase import checkpoint
+from codebase.models import GMVAE, VAE
+
+
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became nan or inf; the message gives the iteration."""
+
+
+def make_model(config):
+    if config.model == "gmvae":
+        return GMVAE(z_dim=config.z, k=config.k)
+    return VAE(z_dim=config.z)
+
+
+def make_optimizer(model, config, device):
+    # capturable keeps Adam's step count on the GPU, which CUDA-graph replay needs.
+    # foreach measured faster than both the per-tensor loop and fused Adam on 2 CPU cores.
+    return torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True,
+                            capturable=device.type == "cuda")
+
+
+def training_generator(device, seed):
+    """The generator of training's random draws (binarisation and z ~ q(z|x))."""
+    if device.type == "cuda":
+        # Draws inside a CUDA graph must come from the device's default generator,
+        # which the graph registers and advances on every replay.
+        generator = torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+    else:
+        generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def epoch_order(seed, epoch, n, device):
+    """The shuffled order of pass `epoch`.
+
+    It depends on (seed, epoch) alone, so a resumed run needs only the iteration
+    to find its place in the pass.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def make_step(model, optimizer, generator):
+    """One training step on a batch of gray levels: tensor: (batch, 784) in [0, 1].
+
+    Returns stats: tensor: (3,): the batch's nelbo, kl and rec before the update.
+    """
+
+    def step(gray):
+        x = torch.bernoulli(gray, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        nelbo, kl, rec = model.negative_elbo_bound(x, generator=generator)
+        nelbo.backward()
+        optimizer.step()
+        return torch.stack((nelbo, kl, rec)).detach()
+
+    return step
+
+
+class GraphedStep:
+    """The training step captured in one CUDA graph and replayed.
+
+    The first WARMUP steps run eagerly on a side stream (they are real training
+    steps), which lets Adam create its state before the capture. If the capture
+    fails, training goes on eagerly and says so.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, step, batch, width, device, log):
+        self.step = step
+        self.log = log
+        self.gray = torch.zeros(batch, width, device=device)  # the graph's static input
+        self.graph = None
+        self.stats = None
+        self.eager_steps = 0
+        self.eager_only = False
+
+    def __call__(self, data, idx):
+        torch.index_select(data, 0, idx, out=self.gray)
+        if self.eager_only:
+            return self.step(self.gray)
+        if self.eager_steps < self.WARMUP:
+            self.eager_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                stats = self.step(self.gray)
+            torch.cuda.current_stream().wait_stream(side)
+            return stats
+        if self.graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.stats = self.step(self.gray)
+                self.graph = graph
+            except Exception as e:  # any capture failure: the eager step is still correct
+                self.log(f"CUDA graph capture failed ({type(e).__name__}: {e}); training eagerly.")
+                self.eager_only = True
+                return self.step(self.gray)
+        self.graph.replay()
+        return self.stats
+
+
+class StopRequest:
+    """Turns Ctrl-C and SIGTERM into a request to stop after the current step."""
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __enter__(self):
+        self.signum = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.EXIT_CODES:
+                self.previous[signum] = signal.signal(signum, self._request)
+        return self
+
+    def _request(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class MetricsLog:
+    """logs/<run>/metrics.csv: one row per logging window, appended as training goes.
+
+    On resume, rows past the checkpoint's iteration are dropped first, so the file
+    describes exactly the run that continues.
+    """
+
+    COLUMNS = ("iteration", "nelbo", "kl", "rec")
+
+    def __init__(self, path, start):
+        self.path = Path(path)
+        rows = []
+        if start and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(self.COLUMNS)
+        self.writer.writerows([r[c] for c in self.COLUMNS] for r in rows)
+
+    def append(self, iteration, values):
+        self.writer.writerow([iteration, *(f"{v:.4f}" for v in values)])
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def checkpoint_state(model, optimizer, generator, config, iteration, train_seconds):
+    return {
+        "architecture": config.architecture,
+        "config": config.as_dict(),
+        "iteration": iteration,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": generator.get_state(),
+        "train_seconds": train_seconds,
+    }
+
+
+def train(model, optimizer, data, config, device, generator, start=0, train_seconds=0.0, log=print):
+    """Train from iteration `start` to config.iter_max, saving checkpoints on the way.
+
+    Args:
+        model: GMVAE or VAE, on `device`
+        optimizer: torch.optim.Adam over the model's parameters
+        data: tensor: (n, 784): training gray levels in [0, 1], on `device`
+        config: Config
+        device: torch.device: where training runs
+        generator: torch.Generator: training's random draws (see training_generator)
+        start: int: iterations already done (a resumed run)
+        train_seconds: float: training time already spent before `start`
+        log: callable: where messages go
+
+    Returns:
+        train_seconds: float: total training time, earlier sessions included
+
+    Raises:
+        Interrupted: on Ctrl-C or SIGTERM, after saving a checkpoint
+        NonFiniteLoss: if the loss stops being finite; no checkpoint is written
+    """
+    n, width = data.shape
+    batch = config.batch
+    steps_per_epoch = n // batch
+    one_step = make_step(model, optimizer, generator)
+    if device.type == "cuda":
+        step = GraphedStep(one_step, batch, width, device, log)
+    else:
+        def step(data, idx):
+            return one_step(data[idx])
+
+    window = torch.zeros(config.log_every, 3, device=device)  # per-step stats since the last row
+    window_start = start
+    metrics = MetricsLog(config.log_dir / "metrics.csv", start)
+    bar = tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True)
+    order, it = None, start
+    began = time.perf_counter()
+
+    def save():
+        seconds = train_seconds + time.perf_counter() - began
+        path = checkpoint.path_for(config.checkpoint_dir, it)
+        checkpoint.save(path, checkpoint_state(model, optimizer, generator, config, it, seconds))
+        return path
+
+    try:
+        with StopRequest() as stop:
+            while it < config.iter_max:
+                epoch, position = divmod(it, steps_per_epoch)
+                if order is None or position == 0:
+                    order = epoch_order(config.seed, epoch, n, device)
+                window[it - window_start].copy_(step(data, order[position * batch:(position + 1) * batch]))
+                it += 1
+                bar.update(1)
+                if it - window_start == config.log_every or it == config.iter_max or stop.signum:
+                    rows = window[: it - window_start]
+                    finite = torch.isfinite(rows).all(dim=1).tolist()
+                    if not all(finite):
+                        bad = window_start + finite.index(False) + 1
+                        raise NonFiniteLoss(
+                            f"the loss became nan or inf at iteration {bad}; training stopped and no "
+                            f"checkpoint was written after it. The newest checkpoint in "
+                            f"{config.checkpoint_dir} is the last good state.")
+                    nelbo, kl, rec = rows.mean(dim=0).tolist()
+                    metrics.append(it, (nelbo, kl, rec))
+                    bar.set_postfix(loss=f"{nelbo:.2f}", kl=f"{kl:.2f}", rec=f"{rec:.2f}")
+                    window_start = it
+                if it % config.iter_save == 0 or it == config.iter_max:
+                    save()
+                elif stop.signum:
+                    save()
+                if stop.signum:
+                    name = signal.Signals(stop.signum).name
+                    raise Interrupted(
+                        f"{name}: stopped after iteration {it}; checkpoint saved in "
+                        f"{checkpoint.path_for(config.checkpoint_dir, it)}. "
+                        "Run the same command with --resume to continue.",
+                        StopRequest.EXIT_CODES[stop.signum])
+    finally:
+        bar.close()
+        metrics.close()
+    return train_seconds + time.perf_counter() - began

@@ -1,0 +1,166 @@
+"""Plain tensor math for the VAE and the GMVAE.
+
+This module imports nothing from the project. Every log-density sums over the
+last (feature) dimension and keeps the leading (batch) dimensions.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def sample_gaussian(m, v, generator=None):
+    """Draw z ~ N(m, diag(v)) by reparameterisation, so gradients reach m and v.
+
+    Args:
+        m: tensor: (batch, ..., dim): means
+        v: tensor: (batch, ..., dim): variances
+        generator: torch.Generator or None: source of the noise (None: torch's default)
+
+    Returns:
+        z: tensor: (batch, ..., dim): samples
+    """
+    eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+    return m + v.sqrt() * eps
+
+
+def gaussian_parameters(h, dim=-1):
+    """Split a network output into a mean and a positive variance.
+
+    Args:
+        h: tensor: (batch, ..., 2 * dim, ...): the two halves side by side along `dim`
+        dim: int: the dimension to split
+
+    Returns:
+        m: tensor: (batch, ..., dim, ...): means (first half)
+        v: tensor: (batch, ..., dim, ...): variances, softplus(second half) + 1e-8
+    """
+    m, h = torch.split(h, h.size(dim) // 2, dim=dim)
+    # The floor keeps log(v) and 1/v finite when softplus underflows to zero.
+    v = F.softplus(h) + 1e-8
+    return m, v
+
+
+def log_normal(x, m, v):
+    """Log-density of a Gaussian with diagonal covariance.
+
+    Args:
+        x: tensor: (batch, ..., dim): points
+        m: tensor: (batch, ..., dim): means (broadcastable to x)
+        v: tensor: (batch, ..., dim): variances (broadcastable to x)
+
+    Returns:
+        log_prob: tensor: (batch, ...): log N(x; m, diag(v)), summed over dim
+    """
+    return -0.5 * (LOG_2PI + torch.log(v) + (x - m).pow(2) / v).sum(-1)
+
+
+def log_normal_mixture(z, m, v):
+    """Log-density of a uniformly weighted mixture of diagonal Gaussians.
+
+    log p(z) = log (1/k) sum_i N(z; m_i, diag(v_i)), computed as a log-mean-exp over
+    the k component log-densities so that it stays finite when every component
+    density underflows.
+
+    Each component's squared Mahalanobis distance is expanded into matrix products,
+        sum_d (z_d - m_id)^2 / v_id = z^2 . (1/v_i) - 2 z . (m_i / v_i) + sum_d m_id^2 / v_id,
+    which is several times faster than broadcasting over (batch, k, dim). The
+    expanded form subtracts large nearly equal terms when z sits close to a
+    component with a large mean and a tiny variance, so it is evaluated in float64
+    (float32 on mps, which has no float64).
+
+    Args:
+        z: tensor: (batch, dim): points
+        m: tensor: (batch, mix, dim) or (1, mix, dim): component means
+        v: tensor: (batch, mix, dim) or (1, mix, dim): component variances
+
+    Returns:
+        log_prob: tensor: (batch,): log p(z)
+    """
+    wide = torch.float32 if z.device.type == "mps" else torch.float64
+    z64, m64, v64 = z.to(wide), m.to(wide), v.to(wide)
+    precision = v64.reciprocal()
+    const = (m64.pow(2) * precision + torch.log(v64)).sum(-1) + z.size(-1) * LOG_2PI
+    if m.size(0) == 1:
+        # One set of components for the whole batch: two plain (batch, dim) x (dim, mix) products.
+        quad = z64.pow(2) @ precision[0].T - 2 * z64 @ (m64[0] * precision[0]).T
+    else:
+        zz = z64.unsqueeze(-1)
+        quad = (torch.bmm(precision, zz.pow(2)) - 2 * torch.bmm(m64 * precision, zz)).squeeze(-1)
+    log_probs = (-0.5 * (quad + const)).to(z.dtype)
+    return log_mean_exp(log_probs, dim=-1)
+
+
+def log_bernoulli_with_logits(x, logits):
+    """Log-probability of binary observations under Bernoulli(sigmoid(logits)).
+
+    Args:
+        x: tensor: (batch, ..., dim): observations in {0, 1}
+        logits: tensor: (batch, ..., dim): Bernoulli logits (broadcastable to x)
+
+    Returns:
+        log_prob: tensor: (batch, ...): summed over dim
+    """
+    # The fused form is exact for logits of any size; log(sigmoid(.)) is not.
+    x, logits = torch.broadcast_tensors(x, logits)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def kl_normal(qm, qv, pm, pv):
+    """KL(q || p) between two diagonal Gaussians, in closed form.
+
+    Args:
+        qm: tensor: (batch, dim): means of q
+        qv: tensor: (batch, dim): variances of q
+        pm: tensor: (batch, dim): means of p (broadcastable)
+        pv: tensor: (batch, dim): variances of p (broadcastable)
+
+    Returns:
+        kl: tensor: (batch,): summed over dim
+    """
+    element_wise = 0.5 * (torch.log(pv) - torch.log(qv) + qv / pv + (qm - pm).pow(2) / pv - 1)
+    return element_wise.sum(-1)
+
+
+def log_sum_exp(x, dim=0):
+    """log(sum(exp(x))) along `dim`, without overflow or underflow.
+
+    Args:
+        x: tensor: (..., n, ...): values
+        dim: int: the dimension to reduce
+
+    Returns:
+        out: tensor: (..., ...): x with `dim` reduced; -inf where every entry is -inf
+    """
+    top = x.amax(dim, keepdim=True)
+    # A row of -inf would give (-inf) - (-inf) = nan; shifting it by 0 instead keeps it -inf.
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
+    return (top + (x - top).exp().sum(dim, keepdim=True).log()).squeeze(dim)
+
+
+def log_mean_exp(x, dim):
+    """log(mean(exp(x))) along `dim`, without overflow or underflow.
+
+    Args:
+        x: tensor: (..., n, ...): values
+        dim: int: the dimension to reduce
+
+    Returns:
+        out: tensor: (..., ...): x with `dim` reduced
+    """
+    return log_sum_exp(x, dim) - math.log(x.size(dim))
+
+
+def duplicate(x, rep):
+    """Stack `rep` copies of a batch, copy-major: [x; x; ...; x].
+
+    Args:
+        x: tensor: (batch, ...): the batch
+        rep: int: number of copies
+
+    Returns:
+        out: tensor: (rep * batch, ...): copy j holds rows j * batch ... (j + 1) * batch - 1
+    """
+    return x.expand(rep, *x.shape).reshape(-1, *x.shape[1:])

@@ -1,0 +1,114 @@
+"""The run scripts as a student uses them: flags, a short real run, and its files."""
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+import torch
+
+from conftest import ROOT
+
+from codebase import run as run_module
+from codebase.config import Config
+
+
+def run_script(script, *args, cwd, env=None, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("script", ["run_gmvae.py", "run_vae.py"])
+def test_help_shows_every_default(script, tmp_path):
+    out = run_script(script, "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for flag, default in [("--z", 10), ("--iter_max", 20000), ("--iter_save", 10000), ("--run", 0),
+                          ("--train", 1), ("--seed", 0), ("--device", "auto"), ("--data-dir", "data")]:
+        assert re.search(rf"{flag}\b.*?\(default: {default}\)", text), flag
+    assert ("(default: 500)" in text) == (script == "run_gmvae.py")
+    assert "--iwae" in text and "--resume" in text and "--overwrite" in text
+
+
+@pytest.mark.parametrize("args", [["--iter_max", "0"], ["--iter_max", "-5"], ["--iter_max", "ten"],
+                                  ["--iter_save", "0"], ["--z", "0"], ["--k", "-1"], ["--k", "2.5"],
+                                  ["--device", "tpu"], ["--train", "2"], ["--bogus"]])
+def test_bad_flags_get_a_usage_error(args, tmp_path):
+    out = run_script("run_gmvae.py", *args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cuda_without_a_gpu_is_a_clear_message(tmp_path, mnist_dir):
+    out = run_script("run_gmvae.py", "--device", "cuda", "--data-dir", str(mnist_dir), cwd=tmp_path,
+                     env={"CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 1
+    assert "torch sees no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_auto_device_falls_back_to_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert run_module.select_device("auto") == torch.device("cpu")
+    with pytest.raises(run_module.DeviceError):
+        run_module.select_device("mps")
+
+
+def test_a_short_real_run_learns_and_writes_its_files(tmp_path, mnist_dir):
+    out = run_script("run_gmvae.py", "--iter_max", "400", "--iter_save", "200", "--run", "7",
+                     "--iwae", "--data-dir", str(mnist_dir), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    name = "model=gmvae_z=10_k=500_run=0007"
+    line = re.search(r"^NELBO: ([\d.]+)\. KL: ([\d.]+)\. Rec: ([\d.]+)$", out.stdout, re.M)
+    assert line, out.stdout
+    for k in (1, 10, 100, 1000):
+        assert re.search(rf"^Negative IWAE-{k}: [\d.]+$", out.stdout, re.M)
+
+    with open(tmp_path / "logs" / name / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(50, 401, 50))
+    assert float(rows[-1]["nelbo"]) < float(rows[0]["nelbo"]) - 60  # about 260 -> 150
+
+    results = json.loads((tmp_path / "logs" / name / "results.json").read_text())
+    assert results["nelbo"] == pytest.approx(float(line.group(1)), abs=1e-4)
+    assert results["iterations"] == 400 and results["seed"] == 0 and results["device"] == "cpu"
+    assert results["torch"] == torch.__version__ and results["train_seconds"] > 0
+    assert results["nelbo"] == pytest.approx(results["kl"] + results["rec"])
+    iwae = [results["iwae"][str(k)] for k in (1, 10, 100, 1000)]
+    assert iwae == sorted(iwae, reverse=True)
+    assert 100 < results["test_nelbo"] < 200
+
+    grid = matplotlib.image.imread(tmp_path / "logs" / name / "samples.png")
+    assert grid.shape[:2] == (10 * 28, 20 * 28)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints" / name).iterdir())
+    assert ckpts == ["model-00200.pt", "model-00400.pt"]
+    state = torch.load(tmp_path / "checkpoints" / name / "model-00400.pt", weights_only=True)
+    assert state["iteration"] == 400
+
+    # --train 0 loads that checkpoint; evaluation has its own generator, so the figures repeat.
+    again = run_script("run_gmvae.py", "--iter_max", "400", "--run", "7", "--train", "0",
+                       "--data-dir", str(mnist_dir), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert line.group(0) in again.stdout
+
+
+def test_vae_main_returns_its_results(tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(ROOT))
+    import run_vae
+
+    results = run_vae.main(iter_max=100, data_dir=str(mnist_dir))
+    assert results["run"] == "model=vae_z=10_run=0000"
+    assert {"nelbo", "kl", "rec", "test_nelbo", "train_seconds"} <= results.keys()
+    assert "iwae" not in results
+
+
+def test_config_defaults_are_the_graded_setting():
+    c = Config()
+    assert (c.model, c.z, c.k, c.iter_max, c.iter_save, c.lr, c.batch, c.seed) == \
+        ("gmvae", 10, 500, 20000, 10000, 1e-3, 100, 0)
+    assert c.run_name == "model=gmvae_z=10_k=500_run=0000"
+    assert Config(model="vae").run_name == "model=vae_z=10_run=0000"
