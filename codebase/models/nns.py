@@ -8,15 +8,33 @@ X_DIM = 784
 HIDDEN = 300
 
 
-class ELU(nn.Module):
-    """ELU with alpha = 1, the same function as nn.ELU.
+class _ELUFunction(torch.autograd.Function):
+    """ELU (alpha = 1) from exp, clamp and relu, with e = exp(min(x, 0)):
 
-    Written as where(x > 0, x, expm1(x)) because that measured faster than
-    nn.ELU on a 2-core CPU (see benchmarks/train_speed.py).
+        elu(x) = relu(x) + (e - 1)        elu'(x) = e
+
+    On CPUs torch's expm1 (inside nn.ELU) is unvectorised and about 15 times slower
+    per element than exp, which made ELU a quarter of a training step. exp(x) - 1
+    differs from expm1(x) by at most 6e-8 (one rounding of a number near 1).
     """
 
+    @staticmethod
+    def forward(ctx, x):
+        e = torch.exp(torch.clamp(x, max=0))
+        ctx.save_for_backward(e)
+        return torch.relu(x) + (e - 1)  # e - 1 is exactly 0 for x > 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        (e,) = ctx.saved_tensors
+        return grad * e
+
+
+class ELU(nn.Module):
+    """The same function as nn.ELU(), computed faster (see _ELUFunction)."""
+
     def forward(self, x):
-        return torch.where(x > 0, x, torch.expm1(x))
+        return _ELUFunction.apply(x)
 
 
 def mlp(sizes):
