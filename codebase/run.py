@@ -160,9 +160,13 @@ def exit_code(main, **flags):
         print(e, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("Interrupted (Ctrl-C); nothing was saved at this stage.", file=sys.stderr)
+        print("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
+              "(--resume continues, --train 0 evaluates).", file=sys.stderr)
         return 130
-    except (DataError, checkpoint.CheckpointError, DeviceError, SaveError, NonFiniteLoss) as e:
+    except (DataError, checkpoint.CheckpointError, DeviceError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # SaveError (a full disk, say) and any other file-system failure
+        print(f"error: {e.strerror if isinstance(e, SaveError) else e}", file=sys.stderr)
         return 1
     return 0
