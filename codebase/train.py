@@ -7,7 +7,9 @@ in a CUDA graph and replayed, because at this model's size an eager step is
 bound by kernel-launch overhead.
 """
 import csv
+import io
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from codebase import checkpoint
+from codebase.files import write_atomic
 from codebase.models import GMVAE, VAE
 
 
@@ -167,11 +170,11 @@ class MetricsLog:
         if start and self.path.is_file():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w", newline="")
+        kept = io.StringIO()
+        csv.writer(kept).writerows([self.COLUMNS, *([r[c] for c in self.COLUMNS] for r in rows)])
+        write_atomic(self.path, kept.getvalue().encode())  # a crash here keeps the old rows
+        self.file = open(self.path, "a", newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(self.COLUMNS)
-        self.writer.writerows([r[c] for c in self.COLUMNS] for r in rows)
 
     def append(self, iteration, values):
         self.writer.writerow([iteration, *(f"{v:.4f}" for v in values)])
@@ -227,7 +230,9 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
     window = torch.zeros(config.log_every, 3, device=device)  # per-step stats since the last row
     window_start = start
     metrics = MetricsLog(config.log_dir / "metrics.csv", start)
-    bar = tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True)
+    # In a log file (a cluster job) a line every 30 s is enough; a terminal gets a live bar.
+    bar = tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30)
     order, it = None, start
     began = time.perf_counter()
 
@@ -259,16 +264,12 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
                     metrics.append(it, (nelbo, kl, rec))
                     bar.set_postfix(loss=f"{nelbo:.2f}", kl=f"{kl:.2f}", rec=f"{rec:.2f}")
                     window_start = it
-                if it % config.iter_save == 0 or it == config.iter_max:
-                    save()
-                elif stop.signum:
-                    save()
+                if it % config.iter_save == 0 or it == config.iter_max or stop.signum:
+                    path = save()
                 if stop.signum:
-                    name = signal.Signals(stop.signum).name
                     raise Interrupted(
-                        f"{name}: stopped after iteration {it}; checkpoint saved in "
-                        f"{checkpoint.path_for(config.checkpoint_dir, it)}. "
-                        "Run the same command with --resume to continue.",
+                        f"{signal.Signals(stop.signum).name}: stopped after iteration {it}; checkpoint "
+                        f"saved in {path}. Run the same command with --resume to continue.",
                         StopRequest.EXIT_CODES[stop.signum])
     finally:
         bar.close()
