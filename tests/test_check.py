@@ -243,3 +243,13 @@ def test_an_unreadable_results_file_is_a_fail_line(tmp_path, capsys):
     assert check.main(["--results", "--logs", str(logs), "--only", "GMVAE"]) == 1
     status, rest = verdicts(capsys.readouterr().out)["results: GMVAE"]
     assert status == "FAIL" and "cannot be read (JSONDecodeError" in rest and "python run_gmvae.py" in rest
+
+
+def test_a_run_slightly_better_than_the_range_passes_with_a_note(tmp_path, capsys):
+    # Lower is better: this codebase's own VAE seeds reach 99.8, just under the course's 100.
+    logs = tmp_path / "logs"
+    write_results(logs, "model=gmvae_z=10_k=500_run=0000", 97.5, 17.6)
+    write_results(logs, "model=vae_z=10_run=0004", 99.78, 19.46)
+    assert check.main(["--results", "--logs", str(logs)]) == 0
+    status, rest = verdicts(capsys.readouterr().out)["results: VAE"]
+    assert status == "PASS" and "0.22 below the accepted 100 to 103" in rest and "lower is better" in rest
