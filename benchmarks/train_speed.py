@@ -8,7 +8,6 @@ time of the full default run. A script, not a test: timings depend on the machin
 """
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from codebase import utils as ut  # noqa: E402
 from codebase.config import Config  # noqa: E402
 from codebase.data import ensure_mnist, load_mnist  # noqa: E402
 from codebase.evaluate import evaluate  # noqa: E402
-from codebase.run import select_device  # noqa: E402
+from codebase.run import describe, select_device  # noqa: E402
 from codebase.models import GMVAE  # noqa: E402
 from codebase.models.nns import ELU  # noqa: E402
 from codebase.train import make_model, make_optimizer, train, training_generator  # noqa: E402
@@ -138,8 +137,7 @@ def main(argv=None):
         print(json.dumps(evaluation_figures(config, device)))
         return 0
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
-    print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"device: {device} ({describe(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     rates = {
         "textbook loop, textbook model": textbook_steps_per_second(config, device, args.steps, TextbookGMVAE),
         "textbook loop, this model": textbook_steps_per_second(config, device, args.steps, GMVAE),

@@ -37,6 +37,17 @@ def select_device(name):
     return torch.device(name)
 
 
+def describe(device):
+    """The device's model name, for results.json (which machine produced the figures)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _positive_int(text):
     value = int(text)
     if value <= 0:
@@ -127,7 +138,7 @@ def run(config, log=print):
     results.update(
         run=config.run_name, iterations=iterations, train_seconds=round(seconds, 2),
         eval_seconds=round(time.perf_counter() - began, 2), seed=config.seed, device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        device_name=describe(device),
         threads=torch.get_num_threads(), torch=torch.__version__, config=config.as_dict())
 
     samples = config.log_dir / "samples.png"
