@@ -361,7 +361,7 @@ def summary_section(runs):
     for m in MODELS:
         r = runs[m][0]
         rows.append([f"`python run_{m}.py`", *(f"{r[k]:.2f}" for k in ("nelbo", "kl", "rec", "test_nelbo")),
-                     f"{r['train_seconds']:.1f}", f"{r['device']}, {r['threads']} threads, torch {r['torch']}"])
+                     f"{r['train_seconds']:.1f}", machine([r])])
     return table(["Command", "NELBO", "KL", "Rec", "NELBO, full test split", "Training (s)", "Machine"], rows)
 
 
