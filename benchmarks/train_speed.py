@@ -29,7 +29,8 @@ from codebase.evaluate import evaluate  # noqa: E402
 from codebase.run import describe, select_device  # noqa: E402
 from codebase.models import GMVAE  # noqa: E402
 from codebase.models.nns import ELU  # noqa: E402
-from codebase.train import make_model, make_optimizer, train, training_generator  # noqa: E402
+from codebase.models import make_model  # noqa: E402
+from codebase.train import make_optimizer, train, training_generator  # noqa: E402
 
 
 class TextbookGMVAE(GMVAE):

@@ -14,9 +14,10 @@ class Config:
     iter_save: int = 10000  # checkpoint every this many steps (and at the end)
     run: int = 0  # run number, part of the run's name
     train: bool = True  # False: load the checkpoint at iter_max and evaluate it
-    seed: int = 0  # training seed: initialisation, shuffling, binarisation, sampling
+    seed: int = 0  # training seed: initial weights, shuffling, binarisation, z ~ q(z|x)
     iwae: bool = False  # also evaluate the IWAE-1, -10, -100 and -1000 bounds
     device: str = "auto"  # auto, cpu, cuda or mps
+    threads: int = 0  # CPU threads for torch; 0: $OMP_NUM_THREADS, else the CPUs this process may use
     data_dir: str = "data"
     resume: bool = False  # continue the run from its newest checkpoint
     overwrite: bool = False  # start the run afresh, deleting its checkpoints
@@ -32,9 +33,9 @@ class Config:
 
     @property
     def run_name(self):
-        """The course's name for a run, e.g. model=gmvae_z=10_k=500_run=0000."""
-        k = f"_k={self.k}" if self.model == "gmvae" else ""
-        return f"model={self.model}_z={self.z}{k}_run={self.run:04d}"
+        """The course's name for a run, e.g. model=gmvae_z=10_k=500_run=0000 (z=02, k=005 when small)."""
+        k = f"_k={self.k:03d}" if self.model == "gmvae" else ""
+        return f"model={self.model}_z={self.z:02d}{k}_run={self.run:04d}"
 
     @property
     def checkpoint_dir(self):

@@ -30,6 +30,11 @@ def binarize(gray, seed, device):
     return torch.bernoulli(gray.float() / 255, generator=generator).to(device)
 
 
+def eval_subset(test_x, device):
+    """The course's 100 evaluation images, binarised as the course does: tensor: (100, 784)."""
+    return binarize(test_x[list(EVAL_SUBSET)], BINARIZE_SEED, device)
+
+
 def elbo_terms(model, x, generator):
     """(nelbo, kl, rec) averaged over the images, in chunks of MAX_ROWS.
 
@@ -78,7 +83,7 @@ def evaluate(model, test_x, device, iwae=False, seed=0):
             test_nelbo, test_kl, test_rec on the full split; iwae: {k: -IWAE-k} if asked
     """
     generator = torch.Generator(device=device).manual_seed(seed)
-    subset = binarize(test_x[list(EVAL_SUBSET)], BINARIZE_SEED, device)
+    subset = eval_subset(test_x, device)
     repeats = torch.stack([elbo_terms(model, subset, generator) for _ in range(SUBSET_REPEATS)])
     nelbo, kl, rec = repeats.mean(dim=0).tolist()
     results = {"nelbo": nelbo, "kl": kl, "rec": rec, "nelbo_sd": repeats[:, 0].std().item()}

@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from codebase import checkpoint
 from codebase.files import write_atomic
-from codebase.models import GMVAE, VAE
 
 
 class Interrupted(Exception):
@@ -32,12 +31,6 @@ class Interrupted(Exception):
 
 class NonFiniteLoss(RuntimeError):
     """The loss became nan or inf; the message gives the iteration."""
-
-
-def make_model(config):
-    if config.model == "gmvae":
-        return GMVAE(z_dim=config.z, k=config.k)
-    return VAE(z_dim=config.z)
 
 
 def make_optimizer(model, config, device):
@@ -262,7 +255,8 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
                             f"{config.checkpoint_dir} is the last good state.")
                     nelbo, kl, rec = rows.mean(dim=0).tolist()
                     metrics.append(it, (nelbo, kl, rec))
-                    bar.set_postfix(loss=f"{nelbo:.2f}", kl=f"{kl:.2f}", rec=f"{rec:.2f}")
+                    # refresh=False: the bar prints at its own pace (every 30 s into a log file).
+                    bar.set_postfix(loss=f"{nelbo:.2f}", kl=f"{kl:.2f}", rec=f"{rec:.2f}", refresh=False)
                     window_start = it
                 if it % config.iter_save == 0 or it == config.iter_max or stop.signum:
                     path = save()

@@ -58,39 +58,22 @@ def log_normal(x, m, v):
 
 
 def log_normal_mixture(z, m, v):
-    """Log-density of a uniformly weighted mixture of diagonal Gaussians.
+    """Log-density of a uniformly weighted mixture of k diagonal Gaussians.
 
-    log p(z) = log (1/k) sum_i N(z; m_i, diag(v_i)), computed as a log-mean-exp over
-    the k component log-densities so that it stays finite when every component
-    density underflows.
-
-    Each component's squared Mahalanobis distance is expanded into matrix products,
-        sum_d (z_d - m_id)^2 / v_id = z^2 . (1/v_i) - 2 z . (m_i / v_i) + sum_d m_id^2 / v_id,
-    which is several times faster than broadcasting over (batch, k, dim). The
-    expanded form subtracts large nearly equal terms when z sits close to a
-    component with a large mean and a tiny variance, so it is evaluated in float64
-    (float32 on mps, which has no float64).
+    log p(z) = log (1/k) sum_i N(z; m_i, diag(v_i)): a log-mean-exp over the k
+    component log-densities, so that it stays finite where every component's
+    density underflows to zero.
 
     Args:
         z: tensor: (batch, dim): points
-        m: tensor: (batch, mix, dim) or (1, mix, dim): component means
-        v: tensor: (batch, mix, dim) or (1, mix, dim): component variances
+        m: tensor: (batch, k, dim), (1, k, dim) or (k, dim): component means
+        v: tensor: (batch, k, dim), (1, k, dim) or (k, dim): component variances
 
     Returns:
         log_prob: tensor: (batch,): log p(z)
     """
-    wide = torch.float32 if z.device.type == "mps" else torch.float64
-    z64, m64, v64 = z.to(wide), m.to(wide), v.to(wide)
-    precision = v64.reciprocal()
-    const = (m64.pow(2) * precision + torch.log(v64)).sum(-1) + z.size(-1) * LOG_2PI
-    if m.size(0) == 1:
-        # One set of components for the whole batch: two plain (batch, dim) x (dim, mix) products.
-        quad = z64.pow(2) @ precision[0].T - 2 * z64 @ (m64[0] * precision[0]).T
-    else:
-        zz = z64.unsqueeze(-1)
-        quad = (torch.bmm(precision, zz.pow(2)) - 2 * torch.bmm(m64 * precision, zz)).squeeze(-1)
-    log_probs = (-0.5 * (quad + const)).to(z.dtype)
-    return log_mean_exp(log_probs, dim=-1)
+    # (batch, 1, dim) broadcasts against the k components, giving (batch, k) log-densities.
+    return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)
 
 
 def log_bernoulli_with_logits(x, logits):
@@ -154,15 +137,3 @@ def log_mean_exp(x, dim):
     """
     return log_sum_exp(x, dim) - math.log(x.size(dim))
 
-
-def duplicate(x, rep):
-    """Stack `rep` copies of a batch, copy-major: [x; x; ...; x].
-
-    Args:
-        x: tensor: (batch, ...): the batch
-        rep: int: number of copies
-
-    Returns:
-        out: tensor: (rep * batch, ...): copy j holds rows j * batch ... (j + 1) * batch - 1
-    """
-    return x.expand(rep, *x.shape).reshape(-1, *x.shape[1:])

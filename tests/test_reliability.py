@@ -17,7 +17,8 @@ from conftest import ROOT
 from codebase import checkpoint, data, files
 from codebase.config import Config
 from codebase.run import exit_code, run
-from codebase.train import NonFiniteLoss, make_model, make_optimizer, train, training_generator
+from codebase.models import make_model
+from codebase.train import NonFiniteLoss, make_optimizer, train, training_generator
 
 GMVAE_RUN = "model=gmvae_z=10_k=500_run=0000"
 

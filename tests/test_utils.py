@@ -208,10 +208,3 @@ def test_gaussian_parameters_split_and_positive_variance():
     assert (v > 0).all()
     m, v = ut.gaussian_parameters(torch.randn(1, 1000, 10), dim=1)
     assert m.shape == v.shape == (1, 500, 10)
-
-
-def test_duplicate_is_copy_major():
-    x = torch.arange(6.0).reshape(3, 2)
-    out = ut.duplicate(x, 4)
-    assert out.shape == (12, 2)
-    assert torch.equal(out[3:6], x) and torch.equal(out[9:], x)

@@ -28,11 +28,11 @@ import torch  # noqa: E402
 
 from codebase import checkpoint  # noqa: E402
 from codebase.config import Config  # noqa: E402
-from codebase.data import EVAL_SUBSET, DataError, load_mnist  # noqa: E402
-from codebase.evaluate import BINARIZE_SEED, IWAE_KS, binarize  # noqa: E402
+from codebase.data import DataError, load_mnist  # noqa: E402
+from codebase.evaluate import IWAE_KS, eval_subset  # noqa: E402
 from codebase.files import SaveError, write_atomic, write_png_grid  # noqa: E402
 from codebase.run import GRID_COLS, GRID_ROWS, exit_code  # noqa: E402
-from codebase.train import make_model  # noqa: E402
+from codebase.models import make_model  # noqa: E402
 
 MODELS = ("gmvae", "vae")
 LABEL = {"gmvae": "GMVAE", "vae": "VAE"}
@@ -457,7 +457,7 @@ def reconstruction_grid(models, test_x, device):
         images: tensor: ((1 + len(models)) * 10 * PER_DIGIT, 784): pixel values in [0, 1]
     """
     # Binarise the whole subset as evaluation does, so these are the very images it scores.
-    subset = binarize(test_x[list(EVAL_SUBSET)], BINARIZE_SEED, device)
+    subset = eval_subset(test_x, device)
     picks = [10 * digit + j for digit in range(10) for j in range(PER_DIGIT)]  # 10 per digit, 0 first
     x = subset[picks]
     rows = [x] + [model.compute_sigmoid_given(model.enc(x)[0]) for model in models]

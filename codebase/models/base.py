@@ -11,9 +11,8 @@ from codebase.models.nns import Decoder, Encoder
 
 
 class LatentModel(nn.Module):
-    def __init__(self, z_dim, name):
+    def __init__(self, z_dim):
         super().__init__()
-        self.name = name
         self.z_dim = z_dim
         self.enc = Encoder(z_dim)
         self.dec = Decoder(z_dim)
@@ -66,7 +65,8 @@ class LatentModel(nn.Module):
         """Bernoulli means of p(x|z): tensor: (n, 784), for z: tensor: (n, z_dim)."""
         return torch.sigmoid(self.dec(z))
 
+
     def sample_x(self, n, generator=None):
-        """x: tensor: (n, 784): binary draws from p(x)."""
+        """x: tensor: (n, 784): binary draws from p(x), x ~ p(x|z) with z ~ p(z)."""
         probs = self.compute_sigmoid_given(self.sample_z(n, generator))
         return torch.bernoulli(probs, generator=generator)

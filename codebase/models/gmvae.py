@@ -9,8 +9,8 @@ from codebase.models.base import LatentModel
 
 
 class GMVAE(LatentModel):
-    def __init__(self, z_dim=10, k=500, name="gmvae"):
-        super().__init__(z_dim, name)
+    def __init__(self, z_dim=10, k=500):
+        super().__init__(z_dim)
         self.k = k
         # Means and pre-softplus variances of the k components, stacked along dim 1.
         # The mixture weights are uniform and fixed (1 / k), so they need no tensor.

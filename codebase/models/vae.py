@@ -6,8 +6,8 @@ from codebase.models.base import LatentModel
 
 
 class VAE(LatentModel):
-    def __init__(self, z_dim=10, name="vae"):
-        super().__init__(z_dim, name)
+    def __init__(self, z_dim=10):
+        super().__init__(z_dim)
         # The prior p(z) = N(0, I): fixed, but it must follow the model between devices.
         self.register_buffer("z_prior_m", torch.zeros(z_dim))
         self.register_buffer("z_prior_v", torch.ones(z_dim))
