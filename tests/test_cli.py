@@ -21,32 +21,32 @@ def run_script(script, *args, cwd, env=None, timeout=300):
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("script", ["run_gmvae.py", "run_vae.py"])
-def test_help_shows_every_default(script, tmp_path):
-    out = run_script(script, "--help", cwd=tmp_path)
-    assert out.returncode == 0
-    text = " ".join(out.stdout.split())
+@pytest.mark.parametrize("model", ["gmvae", "vae"])
+def test_help_shows_every_default(model):
+    text = " ".join(run_module.build_parser(model).format_help().split())
     for flag, default in [("--z", 10), ("--iter_max", 20000), ("--iter_save", 10000), ("--run", 0),
-                          ("--train", 1), ("--seed", 0), ("--device", "auto"), ("--data-dir", "data")]:
+                          ("--train", 1), ("--seed", 0), ("--device", "auto"), ("--threads", 0),
+                          ("--data-dir", "data")]:
         assert re.search(rf"{flag}\b.*?\(default: {default}\)", text), flag
-    assert ("(default: 500)" in text) == (script == "run_gmvae.py")
+    assert ("(default: 500)" in text) == (model == "gmvae")
     assert "--iwae" in text and "--resume" in text and "--overwrite" in text
 
 
 @pytest.mark.parametrize("args", [["--iter_max", "0"], ["--iter_max", "-5"], ["--iter_max", "ten"],
                                   ["--iter_save", "0"], ["--z", "0"], ["--k", "-1"], ["--k", "2.5"],
-                                  ["--device", "tpu"], ["--train", "2"], ["--bogus"]])
-def test_bad_flags_get_a_usage_error(args, tmp_path):
-    out = run_script("run_gmvae.py", *args, cwd=tmp_path)
-    assert out.returncode == 2
-    assert "usage:" in out.stderr and "Traceback" not in out.stderr
+                                  ["--threads", "0"], ["--device", "tpu"], ["--train", "2"], ["--bogus"]])
+def test_bad_flags_get_a_usage_error(args, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_module.build_parser("gmvae").parse_args(args)
+    assert stop.value.code == 2
+    assert "usage:" in capsys.readouterr().err
 
 
-def test_cuda_without_a_gpu_is_a_clear_message(tmp_path, mnist_dir):
-    out = run_script("run_gmvae.py", "--device", "cuda", "--data-dir", str(mnist_dir), cwd=tmp_path,
-                     env={"CUDA_VISIBLE_DEVICES": ""})
-    assert out.returncode == 1
-    assert "torch sees no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
+def test_cuda_without_a_gpu_is_a_clear_message(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_module.exit_code(lambda **f: run_module.run(Config(**f)), device="cuda") == 1
+    err = capsys.readouterr().err
+    assert "torch sees no CUDA GPU" in err and "Traceback" not in err
 
 
 def test_auto_device_falls_back_to_cpu(monkeypatch):
@@ -100,10 +100,39 @@ def test_vae_main_returns_its_results(tmp_path, mnist_dir, monkeypatch):
     sys.path.insert(0, str(ROOT))
     import run_vae
 
-    results = run_vae.main(iter_max=100, data_dir=str(mnist_dir))
+    threads = torch.get_num_threads()
+    try:
+        results = run_vae.main(iter_max=400, data_dir=str(mnist_dir), threads=1)
+    finally:
+        torch.set_num_threads(threads)
     assert results["run"] == "model=vae_z=10_run=0000"
     assert {"nelbo", "kl", "rec", "test_nelbo", "train_seconds"} <= results.keys()
     assert "iwae" not in results
+    assert results["threads"] == 1
+
+
+def test_progress_into_a_log_file_is_a_few_lines(tmp_path, mnist_dir, capfd):
+    # stderr is a pipe here, as in a cluster job's log: the bar may print at start and end
+    # (and every 30 s), not at each of the 8 metrics rows of these 400 iterations.
+    out = run_script("run_vae.py", "--iter_max", "400", "--threads", "1", "--data-dir", str(mnist_dir),
+                     cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    updates = re.split(r"[\r\n]+", out.stderr.strip())
+    assert 1 <= len([u for u in updates if "model=vae_z=10_run=0000" in u]) <= 3, out.stderr
+
+
+@pytest.mark.parametrize("env,requested,expected", [({"OMP_NUM_THREADS": "1"}, 0, 1), ({"OMP_NUM_THREADS": "3"}, 0, 3),
+                                                    ({"OMP_NUM_THREADS": "1"}, 2, 2), ({}, 5, 5)])
+def test_threads_follow_the_flag_then_omp_num_threads(monkeypatch, env, requested, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run_module.cpu_threads(requested) == expected
+
+
+def test_threads_default_to_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert run_module.cpu_threads(0) == len(os.sched_getaffinity(0))
 
 
 def test_config_defaults_are_the_graded_setting():
@@ -112,3 +141,9 @@ def test_config_defaults_are_the_graded_setting():
         ("gmvae", 10, 500, 20000, 10000, 1e-3, 100, 0)
     assert c.run_name == "model=gmvae_z=10_k=500_run=0000"
     assert Config(model="vae").run_name == "model=vae_z=10_run=0000"
+
+
+def test_run_names_are_formatted_as_the_course_formats_them():
+    assert Config(z=2, k=5, run=3).run_name == "model=gmvae_z=02_k=005_run=0003"
+    assert Config(model="vae", z=2, run=12).run_name == "model=vae_z=02_run=0012"
+    assert Config(z=100, k=1000).run_name == "model=gmvae_z=100_k=1000_run=0000"

@@ -25,11 +25,6 @@ def reference_mixture(z, m, v):
     return MixtureSameFamily(weights, comps).log_prob(z.double())
 
 
-def plain_mixture(z, m, v):
-    """The broadcast form over (batch, k, dim), for comparison with the fast one."""
-    return ut.log_mean_exp(ut.log_normal(z.unsqueeze(-2), m, v), dim=-1)
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 def test_log_normal_matches_torch_distributions(shape):
     g = torch.Generator().manual_seed(0)
@@ -69,12 +64,23 @@ def test_log_normal_mixture_includes_the_log_k_of_uniform_weights():
     torch.testing.assert_close(ut.log_normal_mixture(z, m, v), ut.log_normal(z, m[0, 0], v[0, 0]))
 
 
-def test_fast_mixture_equals_the_broadcast_form():
+MIXTURE_SHAPES = {"per row": lambda batch, k, dim: (batch, k, dim), "shared": lambda batch, k, dim: (1, k, dim),
+                  "no batch dim": lambda batch, k, dim: (k, dim)}
+
+
+@pytest.mark.parametrize("m_shape", MIXTURE_SHAPES)
+@pytest.mark.parametrize("v_shape", MIXTURE_SHAPES)
+def test_log_normal_mixture_takes_each_parameter_shape_independently(m_shape, v_shape):
+    batch, k, dim = 11, 6, 3
     g = torch.Generator().manual_seed(3)
-    z = torch.randn(100, 10, generator=g)
-    m = torch.randn(1, 500, 10, generator=g)
-    v = torch.rand(1, 500, 10, generator=g) + 0.01
-    torch.testing.assert_close(ut.log_normal_mixture(z, m, v), plain_mixture(z, m, v), rtol=1e-5, atol=1e-4)
+    z = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    m = torch.randn(MIXTURE_SHAPES[m_shape](batch, k, dim), generator=g, dtype=torch.float64)
+    v = rand_var(*MIXTURE_SHAPES[v_shape](batch, k, dim), generator=g)
+    # The reference gets both expanded to (batch, k, dim), so each row sees its own components.
+    expected = reference_mixture(z, m.expand(batch, k, dim), v.expand(batch, k, dim))
+    got = ut.log_normal_mixture(z, m, v)
+    assert got.shape == (batch,)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)
 
 
 def test_mixture_far_from_every_component_with_tiny_variances():
@@ -91,8 +97,8 @@ def test_mixture_far_from_every_component_with_tiny_variances():
 
 
 def test_mixture_stays_accurate_near_a_far_out_component():
-    # z sits 0.01 from a component at 50 with variance 1e-4: the expanded square cancels
-    # terms of size 2.5e7 here, which float32 arithmetic alone would get wrong by nats.
+    # z sits 0.01 from a component at 50 with variance 1e-4: a form that expands the square
+    # cancels terms of size 2.5e7 here, which float32 arithmetic would get wrong by nats.
     m = torch.full((1, 2, 3), 50.0)
     m[0, 1] = -50.0
     v = torch.full((1, 2, 3), 1e-4)
