@@ -9,6 +9,21 @@ sys.path.insert(0, str(ROOT))
 from codebase.data import ensure_mnist  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--network", action="store_true",
+                     help="also run the tests marked network, which reach the package index")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Deselected rather than skipped: a default run leaves them out and says how many.
+    if config.getoption("--network"):
+        return
+    network = [item for item in items if item.get_closest_marker("network")]
+    if network:
+        config.hook.pytest_deselected(items=network)
+        items[:] = [item for item in items if item not in network]
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
     """The repository's MNIST cache, fetched (and md5-checked) on first use."""

