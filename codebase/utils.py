@@ -22,8 +22,13 @@ def sample_gaussian(m, v, generator=None):
     Returns:
         z: tensor: (batch, ..., dim): samples
     """
+    # BEGIN SOLUTION sample_gaussian
+    # STUB: # TODO: reparameterise: z = m + sqrt(v) * eps, eps ~ N(0, I) of m's shape, drawn with torch.randn
+    # STUB: # (pass generator=generator, device and dtype of m). Returns (batch, ..., dim).
+    # STUB: raise NotImplementedError("sample_gaussian (codebase/utils.py)")
     eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
     return m + v.sqrt() * eps
+    # END SOLUTION
 
 
 def gaussian_parameters(h, dim=-1):
@@ -54,7 +59,12 @@ def log_normal(x, m, v):
     Returns:
         log_prob: tensor: (batch, ...): log N(x; m, diag(v)), summed over dim
     """
+    # BEGIN SOLUTION log_normal
+    # STUB: # TODO: log N(x; m, diag(v)) in log space (v is a variance), summed over the last dimension.
+    # STUB: # Returns (batch, ...).
+    # STUB: raise NotImplementedError("log_normal (codebase/utils.py)")
     return -0.5 * (LOG_2PI + torch.log(v) + (x - m).pow(2) / v).sum(-1)
+    # END SOLUTION
 
 
 def log_normal_mixture(z, m, v):
@@ -72,8 +82,13 @@ def log_normal_mixture(z, m, v):
     Returns:
         log_prob: tensor: (batch,): log p(z)
     """
+    # BEGIN SOLUTION log_normal_mixture
+    # STUB: # TODO (Problem 3.1): the k components' log-densities with log_normal, as a (batch, k) tensor
+    # STUB: # (z.unsqueeze(1) is (batch, 1, dim)), then log_mean_exp over the components. Returns (batch,).
+    # STUB: raise NotImplementedError("log_normal_mixture (codebase/utils.py, Problem 3.1)")
     # (batch, 1, dim) broadcasts against the k components, giving (batch, k) log-densities.
     return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)
+    # END SOLUTION
 
 
 def log_bernoulli_with_logits(x, logits):
@@ -86,11 +101,16 @@ def log_bernoulli_with_logits(x, logits):
     Returns:
         log_prob: tensor: (batch, ...): summed over dim
     """
+    # BEGIN SOLUTION log_bernoulli_with_logits
+    # STUB: # TODO: x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)), summed over the last dimension, in a form
+    # STUB: # that stays finite for logits of any size. Returns (batch, ...).
+    # STUB: raise NotImplementedError("log_bernoulli_with_logits (codebase/utils.py)")
     # log sigmoid(l) = -relu(-l) - log(1 + exp(-|l|)) never overflows, for logits of any
     # size. It is written with exp and log rather than softplus or log1p, which are
     # several times slower per element on CPUs and cost ~0.3 ms of every training step.
     log_1p_exp = torch.log(1 + torch.exp(-logits.abs()))
     return (x * logits - torch.relu(logits) - log_1p_exp).sum(-1)
+    # END SOLUTION
 
 
 def kl_normal(qm, qv, pm, pv):
@@ -105,8 +125,13 @@ def kl_normal(qm, qv, pm, pv):
     Returns:
         kl: tensor: (batch,): summed over dim
     """
+    # BEGIN SOLUTION kl_normal
+    # STUB: # TODO: the closed form of KL(q || p) for diagonal Gaussians (qv, pv are variances), summed
+    # STUB: # over the last dimension. Returns (batch,).
+    # STUB: raise NotImplementedError("kl_normal (codebase/utils.py)")
     element_wise = 0.5 * (torch.log(pv) - torch.log(qv) + qv / pv + (qm - pm).pow(2) / pv - 1)
     return element_wise.sum(-1)
+    # END SOLUTION
 
 
 def log_sum_exp(x, dim=0):

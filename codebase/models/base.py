@@ -38,11 +38,17 @@ class LatentModel(nn.Module):
             log_px_z: tensor: (iw, batch): log p(x|z_j)
             kl: tensor: (iw, batch): log q(z_j|x) - log p(z_j)
         """
+        # BEGIN SOLUTION iwae_bound
+        # STUB: # TODO: draw iw samples z of shape (iw, batch, z_dim) from q(z|x) (expand m and v, then
+        # STUB: # ut.sample_gaussian), and return log p(x|z) + log p(z) - log q(z|x), log p(x|z) and
+        # STUB: # log q(z|x) - log p(z), each (iw, batch); self.log_prior takes z of shape (n, z_dim).
+        # STUB: raise NotImplementedError("LatentModel.log_importance_weights (codebase/models/base.py)")
         m, v = self.enc(x)
         z = ut.sample_gaussian(m.expand(iw, *m.shape), v.expand(iw, *v.shape), generator)
         log_px_z = ut.log_bernoulli_with_logits(x, self.dec(z))
         kl = ut.log_normal(z, m, v) - self.log_prior(z.reshape(-1, self.z_dim)).view(iw, -1)
         return log_px_z - kl, log_px_z, kl
+        # END SOLUTION
 
     def negative_iwae_bound(self, x, iw, generator=None):
         """Negative importance-weighted bound with `iw` samples per image.
@@ -57,14 +63,18 @@ class LatentModel(nn.Module):
             kl: tensor: (): the ELBO's KL term, log q(z|x) - log p(z) averaged over the samples
             rec: tensor: (): the ELBO's reconstruction term, averaged over the samples
         """
+        # BEGIN SOLUTION iwae_bound
+        # STUB: # TODO: log_mean_exp of self.log_importance_weights over the iw samples, averaged over the
+        # STUB: # batch and negated; kl and rec averaged over samples and batch. Return three scalars.
+        # STUB: raise NotImplementedError("LatentModel.negative_iwae_bound (codebase/models/base.py)")
         log_w, log_px_z, kl = self.log_importance_weights(x, iw, generator)
         niwae = -ut.log_mean_exp(log_w, dim=0).mean()
         return niwae, kl.mean(), -log_px_z.mean()
+        # END SOLUTION
 
     def compute_sigmoid_given(self, z):
         """Bernoulli means of p(x|z): tensor: (n, 784), for z: tensor: (n, z_dim)."""
         return torch.sigmoid(self.dec(z))
-
 
     def sample_x(self, n, generator=None):
         """x: tensor: (n, 784): binary draws from p(x), x ~ p(x|z) with z ~ p(z)."""

@@ -39,11 +39,18 @@ class GMVAE(LatentModel):
             kl: tensor: (): one-sample estimate of KL(q(z|x) || p(z))
             rec: tensor: (): -log p(x|z) for the same sample
         """
+        # BEGIN SOLUTION gmvae_negative_elbo_bound
+        # STUB: # TODO (Problem 3.1): encode x (self.enc gives m, v of shape (batch, z_dim)), draw z with
+        # STUB: # ut.sample_gaussian(m, v, generator), decode it (self.dec gives logits), and average over the batch:
+        # STUB: # rec = -log p(x|z) (ut.log_bernoulli_with_logits), kl = log q(z|x) - log p(z) (ut.log_normal,
+        # STUB: # ut.log_normal_mixture with self.prior()). Return three scalars: kl + rec, kl, rec.
+        # STUB: raise NotImplementedError("GMVAE.negative_elbo_bound (codebase/models/gmvae.py, Problem 3.1)")
         m, v = self.enc(x)
         z = ut.sample_gaussian(m, v, generator)
         rec = -ut.log_bernoulli_with_logits(x, self.dec(z)).mean()
         kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, *self.prior())).mean()
         return kl + rec, kl, rec
+        # END SOLUTION
 
     def log_prior(self, z):
         return ut.log_normal_mixture(z, *self.prior())

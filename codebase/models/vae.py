@@ -24,11 +24,18 @@ class VAE(LatentModel):
             kl: tensor: (): KL(q(z|x) || p(z)), in closed form
             rec: tensor: (): -log p(x|z) for one sample z ~ q(z|x)
         """
+        # BEGIN SOLUTION vae_negative_elbo_bound
+        # STUB: # TODO: encode x (self.enc gives m, v), draw z with ut.sample_gaussian(m, v, generator), decode it
+        # STUB: # (self.dec gives logits), and average over the batch: rec = -log p(x|z) (ut.log_bernoulli_with_logits),
+        # STUB: # kl = KL(q(z|x) || p(z)) in closed form (ut.kl_normal against self.z_prior_m, self.z_prior_v).
+        # STUB: # Return three scalars: kl + rec, kl, rec.
+        # STUB: raise NotImplementedError("VAE.negative_elbo_bound (codebase/models/vae.py)")
         m, v = self.enc(x)
         z = ut.sample_gaussian(m, v, generator)
         rec = -ut.log_bernoulli_with_logits(x, self.dec(z)).mean()
         kl = ut.kl_normal(m, v, self.z_prior_m, self.z_prior_v).mean()
         return kl + rec, kl, rec
+        # END SOLUTION
 
     def log_prior(self, z):
         return ut.log_normal(z, self.z_prior_m, self.z_prior_v)
