@@ -4,12 +4,15 @@ import os
 import platform
 import sys
 import time
+import traceback
+from pathlib import Path
 
 import torch
 
 from codebase import checkpoint
 from codebase.config import Config
 from codebase.data import DataError, load_mnist
+from codebase.errors import first_line
 from codebase.evaluate import IWAE_KS, evaluate, sample_means
 from codebase.files import SaveError, remove_stale_temporaries, write_json, write_png_grid
 from codebase.models import make_model
@@ -21,6 +24,37 @@ GRID_ROWS, GRID_COLS = 10, 20
 
 class DeviceError(RuntimeError):
     """The requested device is not available; the message says what to use instead."""
+
+
+class UnfinishedCode(RuntimeError):
+    """A function the run needs is not written yet, or fails at once; the message names it."""
+
+
+def preflight(model, device, iwae):
+    """Try the model's functions on two random images, before any data, training or file.
+
+    A starter's function that is still a stub, or that fails outright, is then reported in
+    one line in under a second, not as a traceback after minutes of setup. The prior is
+    tried first because the bounds build on it (for the GMVAE, log_normal_mixture).
+    """
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.bernoulli(torch.full((2, 784), 0.3, device=device), generator=generator)
+    probes = [("the prior's log-density", lambda: model.log_prior(torch.zeros(2, model.z_dim, device=device))),
+              ("negative_elbo_bound", lambda: model.negative_elbo_bound(x, generator=generator))]
+    if iwae:
+        probes.append(("negative_iwae_bound", lambda: model.negative_iwae_bound(x, 2, generator=generator)))
+    for what, probe in probes:
+        try:
+            with torch.no_grad():
+                probe()
+        except NotImplementedError as e:
+            raise UnfinishedCode(f"not implemented yet: {e or what}. Write it, check it with "
+                                 "python -m codebase.check, then run again.") from None
+        except Exception as e:  # any failure of the student's code, before the run starts
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if "codebase" in Path(f.filename).parts]
+            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+            raise UnfinishedCode(f"{what} fails on two random images ({first_line(e)}{where}). "
+                                 "Run python -m codebase.check to find the mistake.") from None
 
 
 def select_device(name):
@@ -132,6 +166,7 @@ def run(config, log=print):
     torch.set_num_threads(cpu_threads(config.threads))
     torch.manual_seed(config.seed)  # the initial weights
     model = make_model(config).to(device)
+    preflight(model, device, config.iwae)
     train_x, _, test_x, _ = load_mnist(config.data_dir, log)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(config.log_dir)
@@ -194,7 +229,7 @@ def exit_code(main, **flags):
         print("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
               "(--resume continues, --train 0 evaluates).", file=sys.stderr)
         return 130
-    except (DataError, checkpoint.CheckpointError, DeviceError, NonFiniteLoss) as e:
+    except (DataError, checkpoint.CheckpointError, DeviceError, NonFiniteLoss, UnfinishedCode) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # SaveError (a full disk, say) and any other file-system failure

@@ -1,0 +1,1 @@
+"""Instructor tooling: the handout generator and the autograder. Never handed to students."""

@@ -1,0 +1,187 @@
+"""The student starter that `python -m course.handout` makes: what it holds, leaks and does."""
+import io
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+
+from course import handout
+
+DEFAULT_TAGS = set(handout.VARIANTS["default"])
+
+
+def normalised(line):
+    return " ".join(line.split())
+
+
+def run_in(folder, *args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([sys.executable, *args], cwd=folder, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def starter(tmp_path_factory, mnist_dir):
+    """The default starter, written once; its data/ points at the test MNIST cache."""
+    dest = tmp_path_factory.mktemp("handout") / "starter"
+    assert handout.main([str(dest)]) == 0
+    (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
+    return dest
+
+
+def answer_regions():
+    """{path: regions} of every copied source file of the model answer."""
+    return {name: handout.parse(path.read_text(), name)
+            for name, path in handout.answer_files().items() if path.suffix == ".py"}
+
+
+def test_every_problem_set_function_and_every_variant_tag_is_marked():
+    tags = {region.tag for regions in answer_regions().values() for region in regions}
+    assert tags == set(handout.TAGS)
+    assert DEFAULT_TAGS == {"log_normal_mixture", "gmvae_negative_elbo_bound"}
+
+
+def test_the_output_is_the_same_bytes_every_time(tmp_path):
+    for name in ("a", "b"):
+        assert handout.main([str(tmp_path / name)]) == 0
+    a, b = (tmp_path / "a.zip").read_bytes(), (tmp_path / "b.zip").read_bytes()
+    assert a == b
+    with zipfile.ZipFile(io.BytesIO(a)) as archive:
+        names = archive.namelist()
+        assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in archive.infolist())
+        for name in names:
+            assert archive.read(name) == (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    on_disk = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert on_disk == sorted(names)
+
+
+def test_the_starter_holds_what_students_need_and_nothing_of_the_instructors(starter):
+    files = {p.relative_to(starter).as_posix() for p in starter.rglob("*") if p.is_file()}
+    for needed in ("run_gmvae.py", "run_vae.py", "codebase/check.py", "codebase/data.py", "codebase/utils.py",
+                   "codebase/models/gmvae.py", "requirements.txt", "requirements-dev.txt", "tests/test_utils.py",
+                   "tests/test_models.py", ".gitignore", "README.md", "writeup/README.md"):
+        assert needed in files
+    assert not [f for f in files if f.startswith(("course/", "benchmarks/", ".ci/")) or f.endswith((".png", ".pt"))]
+    assert not [f for f in files if f.startswith("writeup/") and f != "writeup/README.md"]
+    assert not [f for f in files if f.startswith(("logs/", "checkpoints/")) and not f.endswith(".gitkeep")]
+
+
+def starter_texts(starter):
+    texts = {p.relative_to(starter).as_posix(): p.read_text(errors="replace")
+             for p in starter.rglob("*") if p.is_file() and not p.is_symlink() and "data" not in p.parts}
+    with zipfile.ZipFile(starter.with_name(starter.name + ".zip")) as archive:
+        texts.update({f"zip:{n}": archive.read(n).decode(errors="replace") for n in archive.namelist()})
+    return texts
+
+
+def test_no_line_of_a_stripped_region_and_no_proof_is_in_the_starter(starter):
+    regions = answer_regions()
+    stripped = {normalised(line) for rs in regions.values() for r in rs if r.tag in DEFAULT_TAGS
+                for line in r.body if line.strip()}
+    # A line that the starter gives anyway (the VAE's bound starts as the GMVAE's does) is not
+    # an answer; everything else of a stripped region must be absent.
+    given = {normalised(line) for name, path in handout.answer_files().items()
+             for line in (handout.strip(path.read_text(), name, DEFAULT_TAGS) if path.suffix == ".py"
+                          else path.read_text(errors="replace")).splitlines()}
+    secret = stripped - given
+    assert "return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)" in secret
+    assert any("log_normal_mixture(z" in line for line in secret)
+    proofs = [normalised(line) for line in (ROOT / "writeup" / "README.md").read_text().splitlines()
+              if len(line.split()) >= 6]
+    assert len(proofs) > 50
+    for name, text in starter_texts(starter).items():
+        lines = {normalised(line) for line in text.splitlines()}
+        assert not secret & lines, name
+        assert not set(proofs) & lines, name
+
+
+def test_restoring_the_regions_gives_the_model_answer_byte_for_byte(starter, tmp_path):
+    for name, path in handout.answer_files().items():
+        got = (starter / name).read_bytes()
+        if path.suffix == ".py":
+            got = handout.restore(got.decode(), path.read_text(), name, DEFAULT_TAGS).encode()
+        assert got == path.read_bytes(), name
+
+
+def test_the_untouched_starter_stops_at_once_naming_the_first_function_to_write(starter):
+    out = run_in(starter, "run_gmvae.py", timeout=60)
+    assert out.returncode == 1
+    assert out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert "log_normal_mixture (codebase/utils.py" in out.stderr and "Traceback" not in out.stderr
+    assert not list((starter / "logs").iterdir())[1:] and not list((starter / "checkpoints").iterdir())[1:]
+
+
+def test_the_self_check_on_the_starter_passes_what_is_given_and_names_each_stub(starter):
+    out = run_in(starter, "-m", "codebase.check")
+    assert out.returncode == 1
+    verdicts = {name: verdict for verdict, name in re.findall(r"^(PASS|FAIL)  ([^:\n]+)", out.stdout, re.M)}
+    for name in ("log_normal", "log_mean_exp", "kl_normal", "sample_gaussian", "VAE.negative_elbo_bound"):
+        assert verdicts[name] == "PASS", out.stdout
+    for name in ("log_normal_mixture", "GMVAE.negative_elbo_bound"):
+        assert re.search(rf"^FAIL  {re.escape(name)}: not implemented yet", out.stdout, re.M), out.stdout
+
+
+def test_the_restored_starter_passes_every_check_and_trains(starter, tmp_path):
+    folder = tmp_path / "restored"
+    for name, path in handout.answer_files().items():
+        text = (starter / name).read_bytes()
+        if path.suffix == ".py":
+            text = handout.restore(text.decode(), path.read_text(), name, DEFAULT_TAGS).encode()
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(text)
+    check = run_in(folder, "-m", "codebase.check")
+    assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout
+    train = run_in(folder, "run_gmvae.py", "--iter_max", "20", "--threads", "1", "--data-dir", str(starter / "data"))
+    assert train.returncode == 0, train.stderr
+    assert re.search(r"^NELBO: [\d.]+\. KL: [\d.]+\. Rec: [\d.]+$", train.stdout, re.M)
+
+
+BAD_MARKERS = {
+    "unbalanced: no END": ("    # BEGIN SOLUTION kl_normal\n    # STUB: raise NotImplementedError\n    x = 1\n", 1,
+                           "without an END"),
+    "unbalanced: no BEGIN": ("    x = 1\n    # END SOLUTION\n", 2, "without a BEGIN"),
+    "nested": ("# BEGIN SOLUTION kl_normal\n# STUB: pass\n# BEGIN SOLUTION log_normal\n", 3, "inside the region"),
+    "unknown tag": ("# BEGIN SOLUTION kl_norm\n# STUB: pass\nx = 1\n# END SOLUTION\n", 1, "unknown tag 'kl_norm'"),
+    "no tag": ("# BEGIN SOLUTION\n# STUB: pass\nx = 1\n# END SOLUTION\n", 1, "without a tag"),
+    "no stub": ("# BEGIN SOLUTION kl_normal\nx = 1\n# END SOLUTION\n", 2, "no '# STUB:' line"),
+    "nbgrader style": ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", 1, "alone on its line"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MARKERS)
+def test_a_malformed_marker_is_one_line_naming_file_and_line(case):
+    text, line, words = BAD_MARKERS[case]
+    with pytest.raises(handout.MarkerError) as error:
+        handout.parse(text, "codebase/x.py")
+    message = str(error.value)
+    assert message.startswith(f"codebase/x.py:{line}: ") and words in message and "\n" not in message
+
+
+def test_a_malformed_marker_writes_nothing(tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "answer"
+    for name, path in handout.answer_files().items():
+        (broken / name).parent.mkdir(parents=True, exist_ok=True)
+        (broken / name).write_bytes(path.read_bytes())
+    vae = broken / "codebase/models/vae.py"
+    vae.write_text(vae.read_text().replace("# END SOLUTION", "# END", 1))
+    monkeypatch.setattr(handout, "ROOT", broken)
+    assert handout.main([str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: codebase/models/vae.py:") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.zip").exists()
+
+
+def test_variants_and_extra_tags_strip_more(tmp_path):
+    files = handout.starter_files(handout.chosen_tags("full", None))
+    for name, region_list in answer_regions().items():
+        for region in region_list:
+            assert "".join(region.stub).strip() in files[name].decode()
+    assert handout.chosen_tags("default", ["kl_normal"]) == DEFAULT_TAGS | {"kl_normal"}
+    with pytest.raises(handout.MarkerError):
+        handout.chosen_tags("default", ["no_such_tag"])
