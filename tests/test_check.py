@@ -325,7 +325,8 @@ for _fn in ("log_sum_exp", "log_mean_exp"):
     _shift = (lambda x, dim: 0.0) if _fn == "log_sum_exp" else (lambda x, dim: math.log(x.size(dim)))
     MISTAKES.update({
         f"{_fn}: only the max": (_fn, ut, _fn, lambda x, dim: x.amax(dim)),
-        f"{_fn}: keepdim": (_fn, ut, _fn, lambda x, dim, s=_shift: (torch.logsumexp(x, dim) - s(x, dim)).unsqueeze(dim)),
+        f"{_fn}: keepdim": (_fn, ut, _fn,
+                            lambda x, dim, s=_shift: (torch.logsumexp(x, dim) - s(x, dim)).unsqueeze(dim)),
         f"{_fn}: mean of x": (_fn, ut, _fn, lambda x, dim: x.mean(dim)),
         f"{_fn}: gradient nan": (_fn, ut, _fn, lambda x, dim, s=_shift: steep(torch.logsumexp(x, dim) - s(x, dim))),
         f"{_fn}: gradient cut": (_fn, ut, _fn, lambda x, dim, s=_shift: lse_cut(x, dim) - s(x, dim)),

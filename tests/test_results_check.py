@@ -60,7 +60,8 @@ def test_missing_or_unreadable_results_say_what_to_run(tmp_path, capsys):
     (logs / "model=gmvae_z=10_k=500_run=0000" / "results.json").write_text('{"nelbo": 97.')
     assert check.main(["--results", "--logs", str(logs)]) == 1
     found, _ = verdicts(capsys)
-    assert "cannot be read (JSONDecodeError" in found["GMVAE"][1] and "run python run_gmvae.py again" in found["GMVAE"][1]
+    assert "cannot be read (JSONDecodeError" in found["GMVAE"][1]
+    assert "run python run_gmvae.py again" in found["GMVAE"][1]
     assert "no results" in found["VAE"][1] and "run python run_vae.py" in found["VAE"][1]
 
 
