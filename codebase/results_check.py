@@ -1,0 +1,85 @@
+"""The self-check's --results: each model's newest trained run against the course's accepted ranges.
+
+    python -m codebase.check --results [--logs logs]
+
+The ranges, labels, run scripts and graded setting are codebase/reference.py's: this module
+only reads a run's results.json and says whether its NELBO, KL and Rec lie in them, and if not,
+the likely reason.
+"""
+import json
+import math
+from pathlib import Path
+
+from codebase.check import Check, Failure
+from codebase.errors import first_line
+from codebase.reference import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
+
+TERMS = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec"}
+
+
+def newest_results(logs, model):
+    """The newest logs/model=<model>_*/results.json by modification time, or None."""
+    found = [p for p in Path(logs).glob(f"model={model}_*/results.json") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _why(model, term, value, results):
+    """The likely cause of a figure outside its range."""
+    script, graded = RUN_SCRIPTS[model], GRADED_SETTING[model]
+    low, high = accepted_range(model, term)
+    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    iterations = results.get("iterations", config.get("iter_max"))
+    changed = [f"{key}={config[key]}" for key, value in graded.items() if key in config and config[key] != value]
+    again = f"run python -m codebase.check, then python {script} --overwrite"
+    if isinstance(iterations, (int, float)) and iterations < graded["iter_max"]:
+        return f"the run trained {iterations:g} iterations; the graded setting is {graded['iter_max']}: " \
+               f"run python {script} --overwrite"
+    if changed:
+        return (f"the run used {', '.join(changed)}; the range is for the graded setting "
+                f"({', '.join(f'{k}={v}' for k, v in graded.items())}): run python {script}")
+    if term != "nelbo":
+        return (f"the NELBO is in range but its split into KL and Rec is not: a term of the bound that is scaled "
+                f"or estimated wrongly, or a training that went differently: {again}")
+    if value > high:
+        return f"a bound that is too loose (a reversed sign, a term counted twice) or training that went wrong: {again}"
+    return ("a NELBO this low is too good to be a bound: a term is left out or averaged where it should be summed "
+            f"(e.g. rec averaged over the 784 pixels, or the KL missing): {again}")
+
+
+def check_results(logs, model):
+    """The newest run's NELBO, KL and Rec against the accepted ranges; returns the PASS line's note."""
+    label, script = MODEL_LABELS[model], RUN_SCRIPTS[model]
+    path = newest_results(logs, model)
+    if path is None:
+        raise Failure(f"no results in {logs}/ (no {logs}/model={model}_*/results.json)",
+                      f"the {label} has not been trained and evaluated yet: run python {script}")
+    try:
+        results = json.loads(path.read_text())
+        values = {term: float(results[term]) for term in TERMS}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise Failure(f"{path} cannot be read ({first_line(e)})",
+                      f"the run stopped while writing it: run python {script} again") from None
+    if not all(math.isfinite(v) for v in values.values()):
+        raise Failure(f"expected a finite NELBO, KL and Rec in {path}, got {values['nelbo']}, {values['kl']}, "
+                      f"{values['rec']}", f"training diverged: run python -m codebase.check, then python {script} "
+                                          "--overwrite")
+    nelbo, kl, rec = values.values()
+    if abs(kl + rec - nelbo) > 1e-3 * abs(nelbo) + 1e-3:
+        raise Failure(f"expected nelbo = kl + rec = {kl + rec:.2f} in {path}, got {nelbo:.2f}",
+                      "the bound's nelbo is not kl + rec: run python -m codebase.check")
+    figures = ", ".join(f"{TERMS[t]} {values[t]:.2f} (accepted {'{:g} to {:g}'.format(*accepted_range(model, t))})"
+                        for t in TERMS)
+    outside = [t for t in TERMS if not accepted_range(model, t)[0] <= values[t] <= accepted_range(model, t)[1]]
+    if not outside:
+        return f"{figures}; {path}"
+    term = outside[0]
+    low, high = accepted_range(model, term)
+    value = values[term]
+    off, where = (value - high, "above") if value > high else (low - value, "below")
+    raise Failure(f"expected {TERMS[term]} {low:g} to {high:g}, got {value:.2f}, {off:.2f} {where} the range "
+                  f"({figures}) in {path}", _why(model, term, value, results))
+
+
+def results_checks(logs):
+    return [Check(f"results: {label}", lambda m=model: check_results(logs, m), "check_results")
+            for model, label in MODEL_LABELS.items()]

@@ -1,0 +1,89 @@
+"""python -m codebase.check --results (codebase/results_check.py): a run's figures against the
+accepted ranges of codebase/reference.py."""
+import json
+import os
+
+from codebase import check
+from codebase.reference import accepted_range
+
+
+def write_results(logs, run, nelbo, kl, iterations=20000, mtime=None, **config):
+    folder = logs / run
+    folder.mkdir(parents=True)
+    model = run.split("_")[0].split("=")[1]
+    config = {"model": model, "z": 10, "iter_max": iterations, **({"k": 500} if model == "gmvae" else {}), **config}
+    path = folder / "results.json"
+    path.write_text(json.dumps({"nelbo": nelbo, "kl": kl, "rec": nelbo - kl, "iterations": iterations,
+                                "config": config}))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def verdicts(capsys):
+    """{model label: (PASS or FAIL, the rest of the line)}, and the last line."""
+    lines = capsys.readouterr().out.splitlines()
+    found = {}
+    for line in lines[:-1]:
+        status, rest = line.split("  ", 1)
+        name, rest = rest.split(": ", 2)[1], rest.split(": ", 2)[2] if rest.count(": ") > 1 else ""
+        found[name] = (status, rest)
+    return found, lines[-1]
+
+
+def test_in_range_passes_and_out_of_range_fails_with_the_reference_range(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    write_results(logs, "model=gmvae_z=10_k=500_run=0000", 97.9, 17.5)
+    write_results(logs, "model=vae_z=10_run=0000", 105.2, 20.0)
+    assert check.main(["--results", "--logs", str(logs)]) == 1
+    found, last = verdicts(capsys)
+    assert found["GMVAE"][0] == "PASS" and found["GMVAE"][1].startswith("NELBO 97.90 (accepted 94 to 100), KL 17.50")
+    low, high = accepted_range("vae", "nelbo")
+    status, rest = found["VAE"]
+    assert status == "FAIL" and rest.startswith(f"expected NELBO {low:g} to {high:g}, got 105.20, "
+                                                f"{105.2 - high:.2f} above the range")
+    assert "python -m codebase.check" in rest.split("; likely cause: ")[1]
+    assert last == "1 passed, 1 failed"
+
+
+def test_a_split_outside_the_kl_range_fails_though_the_nelbo_is_in_range(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    write_results(logs, "model=gmvae_z=10_k=500_run=0000", 97.0, 25.0)
+    assert check.main(["--results", "--logs", str(logs), "--only", "GMVAE"]) == 1
+    status, rest = verdicts(capsys)[0]["GMVAE"]
+    assert status == "FAIL" and rest.startswith("expected KL ") and "split into KL and Rec" in rest
+
+
+def test_missing_or_unreadable_results_say_what_to_run(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    write_results(logs, "model=gmvae_z=10_k=500_run=0000", 97.5, 17.6)
+    (logs / "model=gmvae_z=10_k=500_run=0000" / "results.json").write_text('{"nelbo": 97.')
+    assert check.main(["--results", "--logs", str(logs)]) == 1
+    found, _ = verdicts(capsys)
+    assert "cannot be read (JSONDecodeError" in found["GMVAE"][1]
+    assert "run python run_gmvae.py again" in found["GMVAE"][1]
+    assert "no results" in found["VAE"][1] and "run python run_vae.py" in found["VAE"][1]
+
+
+def test_the_newest_run_counts_and_a_short_or_changed_one_is_explained(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    write_results(logs, "model=gmvae_z=10_k=500_run=0001", 97.5, 17.6, mtime=1_000_000)
+    newest = write_results(logs, "model=gmvae_z=10_k=500_run=0000", 112.0, 15.0, iterations=5000, mtime=2_000_000)
+    write_results(logs, "model=vae_z=10_run=0000", 90.0, 20.0, z=2)
+    assert check.main(["--results", "--logs", str(logs)]) == 1
+    found, _ = verdicts(capsys)
+    assert str(newest) in found["GMVAE"][1] and "trained 5000 iterations" in found["GMVAE"][1]
+    assert "below the range" in found["VAE"][1] and "the run used z=2" in found["VAE"][1]
+
+    os.utime(logs / "model=gmvae_z=10_k=500_run=0001" / "results.json", (3_000_000, 3_000_000))
+    vae = logs / "model=vae_z=10_run=0000" / "results.json"
+    vae.write_text(json.dumps({"nelbo": 101.0, "kl": 19.0, "rec": 82.0}))  # the bare minimum of keys
+    assert check.main(["--results", "--logs", str(logs)]) == 0
+    assert verdicts(capsys)[1] == "2 passed, 0 failed"
+
+
+def test_a_nelbo_too_good_to_be_a_bound(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    write_results(logs, "model=vae_z=10_run=0000", 80.0, 19.0)
+    assert check.main(["--results", "--logs", str(logs), "--only", "VAE"]) == 1
+    assert "too good to be a bound" in verdicts(capsys)[0]["VAE"][1]
