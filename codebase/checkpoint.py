@@ -57,9 +57,10 @@ def prepare_folder(folder, resume, overwrite):
             raise CheckpointError(
                 f"{folder} already holds checkpoints of this run. Add --resume to continue it, "
                 "--overwrite to start it afresh (deleting them), or choose another --run.")
-        for path in found.values():
+        for path in found.values():  # all checked before any is deleted
             if path.is_dir() and not path.is_symlink():
                 raise CheckpointError(f"{path} is a folder, not a checkpoint; move it away, then run again.")
+        for path in found.values():
             path.unlink()
 
 

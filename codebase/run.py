@@ -190,6 +190,8 @@ def run(config, log=say):
     """
     if config.resume and config.overwrite:
         raise FlagError("--resume and --overwrite contradict each other: give one of them.")
+    if not 0 <= config.seed <= MAX_SEED:  # the flag checks this too; main(seed=...) does not go through it
+        raise FlagError(f"the seed must be an integer from 0 to {MAX_SEED}, not {config.seed}.")
     device = select_device(config.device)
     torch.set_num_threads(cpu_threads(config.threads))
     if config.train:  # before any work: a read-only folder would otherwise fail at the first save
@@ -303,10 +305,6 @@ def exit_code(main, **flags):
     _fill_closed_standard_streams()
     try:
         main(**flags)
-        if sys.stdout is not None:
-            sys.stdout.flush()
-    except BrokenPipeError:  # stdout's reader has gone; the run itself is done
-        _discard_stdout()
     except Interrupted as e:
         _warn(str(e))
         return e.exit_code
@@ -320,4 +318,9 @@ def exit_code(main, **flags):
     except OSError as e:  # SaveError (a full disk, say) and any other file-system failure
         _warn(f"error: {e.strerror if isinstance(e, SaveError) else first_line(e)}")
         return 1
+    try:  # what is still buffered; its reader may have gone (`| head -1`) once the run was done
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
     return 0

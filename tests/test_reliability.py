@@ -700,3 +700,18 @@ def test_a_full_disk_while_appending_metrics_leaves_no_partial_row(failure, tmp_
     metrics.close()
     assert files.read_metrics(path) == ([{"iteration": 50, "nelbo": 260.0, "kl": 8.0, "rec": 252.0},
                                          {"iteration": 100, "nelbo": 200.0, "kl": 6.0, "rec": 194.0}], [])
+
+
+def test_a_closed_stdout_during_the_run_is_still_an_error_if_the_run_did_not_finish(capsys):
+    def breaks_mid_run():
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")  # e.g. the progress bar's pipe, mid-training
+
+    assert exit_code(breaks_mid_run) == 1
+    assert "Broken pipe" in capsys.readouterr().err
+
+
+def test_a_seed_out_of_range_is_refused_by_run_itself():
+    from codebase.run import FlagError
+
+    with pytest.raises(FlagError, match="from 0 to 2147483647"):
+        run(Config(seed=10**14))
