@@ -48,31 +48,31 @@ def nelbo_line(stdout):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, mnist_dir):
-    """An uninterrupted 600-iteration run: the reference every resumed run must equal."""
+    """An uninterrupted 300-iteration run: the reference every resumed run must equal."""
     cwd = tmp_path_factory.mktemp("straight")
-    out = call("--iter_max", "600", "--iter_save", "200", cwd=cwd, mnist_dir=mnist_dir)
+    out = call("--iter_max", "300", "--iter_save", "100", cwd=cwd, mnist_dir=mnist_dir)
     assert out.returncode == 0, out.stderr
     return cwd, out.stdout
 
 
 def test_resume_from_a_checkpoint_matches_the_straight_run(straight_run, tmp_path, mnist_dir):
-    first = call("--iter_max", "400", "--iter_save", "200", cwd=tmp_path, mnist_dir=mnist_dir)
+    first = call("--iter_max", "200", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir)
     assert first.returncode == 0, first.stderr
-    second = call("--iter_max", "600", "--iter_save", "200", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
+    second = call("--iter_max", "300", "--iter_save", "100", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
     assert second.returncode == 0, second.stderr
     assert "Resuming from" in second.stdout
     ref_cwd, ref_stdout = straight_run
-    final = f"checkpoints/{GMVAE_RUN}/model-00600.pt"
+    final = f"checkpoints/{GMVAE_RUN}/model-00300.pt"
     assert_same_weights(weights(tmp_path / final), weights(ref_cwd / final))
     assert nelbo_line(second.stdout) == nelbo_line(ref_stdout)
     # The metrics file describes the one continued run, without duplicated rows.
     with open(tmp_path / "logs" / GMVAE_RUN / "metrics.csv") as f:
-        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(50, 601, 50))
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(50, 301, 50))
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_checkpoint_and_resuming_matches(signum, status, straight_run, tmp_path, mnist_dir):
-    proc = subprocess.Popen(script("--iter_max", "600", "--iter_save", "200", cwd=tmp_path, mnist_dir=mnist_dir),
+    proc = subprocess.Popen(script("--iter_max", "300", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "logs" / GMVAE_RUN / "metrics.csv"
     deadline = time.time() + 120
@@ -85,20 +85,20 @@ def test_a_signal_saves_a_checkpoint_and_resuming_matches(signum, status, straig
     assert "Traceback" not in stderr and "--resume" in stderr
     saved = checkpoint.existing(tmp_path / "checkpoints" / GMVAE_RUN)
     stopped_at = max(saved)
-    assert 50 <= stopped_at < 600 and f"after iteration {stopped_at}" in stderr
+    assert 50 <= stopped_at < 300 and f"after iteration {stopped_at}" in stderr
 
-    resumed = call("--iter_max", "600", "--iter_save", "200", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
+    resumed = call("--iter_max", "300", "--iter_save", "100", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
     assert resumed.returncode == 0, resumed.stderr
     ref_cwd, ref_stdout = straight_run
-    final = f"checkpoints/{GMVAE_RUN}/model-00600.pt"
+    final = f"checkpoints/{GMVAE_RUN}/model-00300.pt"
     assert_same_weights(weights(tmp_path / final), weights(ref_cwd / final))
     assert nelbo_line(resumed.stdout) == nelbo_line(ref_stdout)
 
 
 def test_same_seed_on_the_cpu_is_bit_identical(straight_run, tmp_path, mnist_dir):
-    out = call("--iter_max", "600", "--iter_save", "200", cwd=tmp_path, mnist_dir=mnist_dir)
+    out = call("--iter_max", "300", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir)
     ref_cwd, ref_stdout = straight_run
-    final = f"checkpoints/{GMVAE_RUN}/model-00600.pt"
+    final = f"checkpoints/{GMVAE_RUN}/model-00300.pt"
     assert_same_weights(weights(tmp_path / final), weights(ref_cwd / final))
     assert nelbo_line(out.stdout) == nelbo_line(ref_stdout)
 
@@ -108,7 +108,7 @@ def test_existing_checkpoints_are_never_deleted_unasked(straight_run, tmp_path, 
     import shutil
     shutil.copytree(ref_cwd / "checkpoints", tmp_path / "checkpoints")
     before = sorted(p.name for p in (tmp_path / "checkpoints" / GMVAE_RUN).iterdir())
-    again = call("--iter_max", "600", cwd=tmp_path, mnist_dir=mnist_dir)
+    again = call("--iter_max", "300", cwd=tmp_path, mnist_dir=mnist_dir)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert "--resume" in again.stderr and "--overwrite" in again.stderr
     assert sorted(p.name for p in (tmp_path / "checkpoints" / GMVAE_RUN).iterdir()) == before
@@ -135,20 +135,20 @@ def test_a_pickled_payload_is_refused_and_never_runs(tmp_path):
 
 def test_damaged_mismatched_and_missing_checkpoints_get_one_line_errors(straight_run, tmp_path, mnist_dir):
     ref_cwd, _ = straight_run
-    good = ref_cwd / "checkpoints" / GMVAE_RUN / "model-00600.pt"
+    good = ref_cwd / "checkpoints" / GMVAE_RUN / "model-00300.pt"
     folder = tmp_path / "checkpoints" / GMVAE_RUN
     folder.mkdir(parents=True)
-    damaged = folder / "model-00600.pt"
+    damaged = folder / "model-00300.pt"
     damaged.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    out = call("--iter_max", "600", "--train", "0", cwd=tmp_path, mnist_dir=mnist_dir)
+    out = call("--iter_max", "300", "--train", "0", cwd=tmp_path, mnist_dir=mnist_dir)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert str(damaged.relative_to(tmp_path)) in out.stderr and "damaged" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and damaged.exists()
 
     mismatch_folder = tmp_path / "checkpoints" / Config(k=50).run_name
     mismatch_folder.mkdir(parents=True)
-    (mismatch_folder / "model-00600.pt").write_bytes(good.read_bytes())
-    out = call("--iter_max", "600", "--train", "0", "--k", "50", cwd=tmp_path, mnist_dir=mnist_dir)
+    (mismatch_folder / "model-00300.pt").write_bytes(good.read_bytes())
+    out = call("--iter_max", "300", "--train", "0", "--k", "50", cwd=tmp_path, mnist_dir=mnist_dir)
     assert out.returncode == 1 and "'k': 500" in out.stderr and "'k': 50}" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
@@ -158,9 +158,9 @@ def test_damaged_mismatched_and_missing_checkpoints_get_one_line_errors(straight
 
 def test_a_checkpoint_loads_onto_the_cpu_with_weights_only(straight_run):
     ref_cwd, _ = straight_run
-    state = checkpoint.load(ref_cwd / "checkpoints" / GMVAE_RUN / "model-00600.pt",
+    state = checkpoint.load(ref_cwd / "checkpoints" / GMVAE_RUN / "model-00300.pt",
                             Config().architecture, torch.device("cpu"))
-    assert state["iteration"] == 600 and state["format"] == checkpoint.FORMAT
+    assert state["iteration"] == 300 and state["format"] == checkpoint.FORMAT
     assert isinstance(state["rng"], torch.Tensor) and state["config"]["seed"] == 0
     model = make_model(Config())
     model.load_state_dict(state["model"])
