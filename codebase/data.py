@@ -7,16 +7,17 @@ Every file is checked against the original md5 sums before it is used.
     python -m codebase.data [--data-dir DIR]
 """
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
-import contextlib
 import os
 import pickle
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -100,15 +101,20 @@ def _scratch(data_dir):
         os.close(fd)
 
 
-def remove_stale_fetches(data_dir):
-    """Remove the scratch folders of fetches that were killed (see _scratch)."""
+def remove_stale_fetches(data_dir, min_age=60):
+    """Remove the scratch folders of fetches that were killed (see _scratch).
+
+    A folder younger than `min_age` seconds is left alone: it may belong to a fetch
+    that has created it but not yet locked it.
+    """
     for folder in Path(data_dir).glob(FETCH_PREFIX + "*"):
         try:
             fd = os.open(folder, os.O_RDONLY)
         except OSError:
             continue
         try:
-            if folder.is_dir() and try_lock(fd):
+            old = time.time() - os.fstat(fd).st_mtime > min_age
+            if old and folder.is_dir() and try_lock(fd):
                 shutil.rmtree(folder, ignore_errors=True)
         finally:
             os.close(fd)

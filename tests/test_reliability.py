@@ -506,15 +506,20 @@ def test_an_interrupted_fetchs_folder_is_removed_on_the_next_start_but_not_a_run
         (data.raw_dir(tmp_path) / name).symlink_to(data.raw_dir(mnist_dir) / name)
     stale = tmp_path / (data.FETCH_PREFIX + "k1ll3d")
     (stale / "MNIST").mkdir(parents=True)
+    young = tmp_path / (data.FETCH_PREFIX + "n3wb0rn")  # a fetch about to lock its folder
+    young.mkdir()
     running = tmp_path / (data.FETCH_PREFIX + "runn1n")
     running.mkdir()
+    hour_ago = time.time() - 3600
+    for folder in (stale, running):
+        os.utime(folder, (hour_ago, hour_ago))
     fd = os.open(running, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         data.ensure_mnist(tmp_path, log=quiet)
     finally:
         os.close(fd)
-    assert not stale.exists() and running.exists()
+    assert not stale.exists() and running.exists() and young.exists()
 
 
 # ---- issue 10: checkpoints that move between devices ------------------------------------------
