@@ -2,20 +2,27 @@
 
 A checkpoint holds everything the next training step depends on, as tensors and
 plain values, so that it loads with torch.load(weights_only=True): no pickled
-object in it can run code.
+object in it can run code. It also records the device type it was made on,
+because a random generator's state means nothing on another kind of device.
 """
 import io
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
-from codebase.files import remove_stale_temporaries, write_atomic
+from codebase.errors import first_line
+from codebase.files import write_atomic
 
 FORMAT = 1
 NAME = re.compile(r"model-(\d{5,})\.pt")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+# Settings a resumed run must share with its checkpoint: each changes what training computes.
+# --iter_max, --iter_save, --device and --threads may change.
+FIXED_ON_RESUME = ("model", "z", "k", "seed", "lr", "batch")
+# Adam's settings that depend on the device, not on the run: the current optimizer's win.
+DEVICE_FLAGS = ("foreach", "fused", "capturable")
 
 
 class CheckpointError(RuntimeError):
@@ -27,7 +34,7 @@ def path_for(folder, iteration):
 
 
 def existing(folder):
-    """{iteration: path} of the checkpoints in `folder`, oldest first."""
+    """{iteration: path} of the checkpoints in `folder`, by the iteration in their names, oldest first."""
     found = {}
     for path in Path(folder).glob("model-*.pt"):
         match = NAME.fullmatch(path.name)
@@ -37,17 +44,24 @@ def existing(folder):
 
 
 def prepare_folder(folder, resume, overwrite):
-    """Make the run's checkpoint folder ready, never deleting checkpoints unasked."""
+    """Make the run's checkpoint folder ready, never deleting checkpoints unasked.
+
+    With `overwrite`, the run's checkpoints (model-*.pt) are deleted and nothing else:
+    notes or other files in the folder stay. Call it while holding the run's lock.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    if existing(folder) and not resume:
+    found = existing(folder)
+    if found and not resume:
         if not overwrite:
             raise CheckpointError(
                 f"{folder} already holds checkpoints of this run. Add --resume to continue it, "
                 "--overwrite to start it afresh (deleting them), or choose another --run.")
-        shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        for path in found.values():  # all checked before any is deleted
+            if path.is_dir() and not path.is_symlink():
+                raise CheckpointError(f"{path} is a folder, not a checkpoint; move it away, then run again.")
+        for path in found.values():
+            path.unlink()
 
 
 def save(path, state):
@@ -55,6 +69,20 @@ def save(path, state):
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     write_atomic(path, buffer.getvalue())
+
+
+def _missing(path):
+    """The message for a path that holds no checkpoint file, with the checkpoints that do exist."""
+    if path.is_symlink():
+        return f"{path} is a symbolic link that leads nowhere (or to itself), not a checkpoint; remove it."
+    if path.exists():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        return f"{path} is {kind}, not a checkpoint; move it away."
+    found = existing(path.parent) if path.parent.is_dir() else {}
+    if found:
+        return (f"no checkpoint at {path}; this run has checkpoints at iterations "
+                f"{', '.join(map(str, found))}: pass one of them as --iter_max.")
+    return f"no checkpoint at {path}. Train this run first (--train 1)."
 
 
 def load(path, architecture, map_location):
@@ -70,7 +98,16 @@ def load(path, architecture, map_location):
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}. Train this run first (--train 1).")
+        raise CheckpointError(_missing(path))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({first_line(e)}).") from None
+    if head != ZIP_MAGIC:
+        what = "is empty (0 bytes)" if not head else "is not a checkpoint (not a file torch.save writes)"
+        raise CheckpointError(f"{path} {what}. The file was left in place; remove it and resume from "
+                              "an earlier checkpoint, or retrain.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -79,7 +116,7 @@ def load(path, architecture, map_location):
             "Only load checkpoints written by this codebase.") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{path} is damaged or truncated ({str(e).splitlines()[0][:120]}). The file was left "
+            f"{path} is damaged or truncated ({first_line(e)[:120]}). The file was left "
             "in place; remove it and resume from an earlier checkpoint, or retrain.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this codebase's format {FORMAT}; retrain.")
@@ -87,4 +124,64 @@ def load(path, architecture, map_location):
         raise CheckpointError(
             f"{path} was trained with {state['architecture']}, but this run asks for {architecture}. "
             "Use the matching flags, or another --run.")
+    named = NAME.fullmatch(path.name)
+    if named and int(named.group(1)) != state["iteration"]:
+        # Resume picks the newest file by name: a renamed file would send every resume back.
+        raise CheckpointError(
+            f"{path} holds iteration {state['iteration']}, not {int(named.group(1))} as its name says; "
+            f"rename it to {path_for(path.parent, state['iteration']).name}.")
     return state
+
+
+def load_model(model, path, architecture, device):
+    """Load a checkpoint's weights into `model`, the one way every script does it.
+
+    Args:
+        model: GMVAE or VAE, on `device`, of the checkpoint's architecture
+        path: Path: the checkpoint
+        architecture: dict: what the checkpoint must match (Config.architecture)
+        device: torch.device: where the model lives
+
+    Returns:
+        state: dict: the whole checkpoint (iteration, train_seconds, optimizer, ...)
+    """
+    state = load(path, architecture, device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path} does not fit this model ({first_line(e)[:120]}); retrain.") from None
+    return state
+
+
+def changed_settings(saved_config, config):
+    """The settings that a resume may not change and this one does, as 'name: saved -> now'.
+
+    Args:
+        saved_config: dict: the checkpoint's config
+        config: dict: this run's config
+
+    Returns:
+        changes: list of str: empty when the run may resume
+    """
+    return [f"{key} {saved_config.get(key)} -> {config.get(key)}" for key in FIXED_ON_RESUME
+            if key in saved_config and saved_config[key] != config.get(key)]
+
+
+def load_optimizer(optimizer, saved):
+    """Load a saved Adam state into `optimizer`, keeping this device's settings.
+
+    A GPU run's Adam is capturable and keeps its step counts on the GPU; a CPU run's is
+    fused. The per-parameter state (moments and step counts) carries over unchanged;
+    `foreach`, `fused` and `capturable` stay as `optimizer` was built for this device,
+    and torch then puts each step count where those settings want it.
+
+    Args:
+        optimizer: torch.optim.Adam: built by make_optimizer for the current device
+        saved: dict: a state_dict() of an Adam over the same parameters
+    """
+    groups = [{**group, **{flag: now[flag] for flag in DEVICE_FLAGS if flag in now}}
+              for group, now in zip(saved["param_groups"], optimizer.param_groups)]
+    # A step count stays on the CPU unless the settings ask for it elsewhere.
+    state = {i: {k: v.cpu().float() if k == "step" and torch.is_tensor(v) else v for k, v in s.items()}
+             for i, s in saved["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -1,5 +1,6 @@
 """What run_gmvae.py and run_vae.py do: the flags, and train -> evaluate -> report."""
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -14,9 +15,11 @@ from codebase.config import Config
 from codebase.data import DataError, load_mnist
 from codebase.errors import first_line
 from codebase.evaluate import IWAE_KS, evaluate, sample_means
-from codebase.files import SaveError, remove_stale_temporaries, write_json, write_png_grid
+from codebase.files import (InUse, SaveError, check_writable, locked, remove_stale_temporaries, write_json,
+                            write_png_grid)
 from codebase.models import make_model
-from codebase.train import Interrupted, NonFiniteLoss, make_optimizer, train, training_generator
+from codebase.train import (MAX_SEED, Interrupted, NonFiniteLoss, make_optimizer, restore_stream, train,
+                            training_generator)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GRID_ROWS, GRID_COLS = 10, 20
@@ -55,6 +58,40 @@ def preflight(model, device, iwae):
             where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
             raise UnfinishedCode(f"{what} fails on two random images ({first_line(e)}{where}). "
                                  "Run python -m codebase.check to find the mistake.") from None
+
+
+class FlagError(RuntimeError):
+    """Flags that contradict each other or the run's checkpoint; the message says which."""
+
+
+LOCK_NAME = ".lock"  # in logs/<run>/: held by the one process that trains or writes the run
+
+
+def say(message):
+    """print(), except that a closed stdout (`| head -1`) silences it instead of failing the run."""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        _discard_stdout()
+
+
+def _discard_stdout():
+    """Send what is still to be printed nowhere, so that neither the run nor Python's exit fails on it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the buffered text then flushes into /dev/null
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's stand-in)
+        sys.stdout = open(os.devnull, "w")
+
+
+def _warn(message):
+    """A line on stderr, if there is one (2>&- closes it: the exit status still tells)."""
+    if sys.stderr is not None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except OSError:
+            pass
 
 
 def select_device(name):
@@ -112,6 +149,16 @@ def _non_negative_int(text):
     return value
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (2**31 - 1), not {text}")
+    return value
+
+
 def build_parser(model):
     """The course's flags; every default is the graded setting."""
     d = Config(model=model)
@@ -127,16 +174,17 @@ def build_parser(model):
     p.add_argument("--run", type=_non_negative_int, default=d.run, help="run number, part of the run's name")
     p.add_argument("--train", type=int, choices=(0, 1), default=int(d.train),
                    help="1: train; 0: load the checkpoint at --iter_max and evaluate it")
-    p.add_argument("--seed", type=int, default=d.seed, help="training seed")
+    p.add_argument("--seed", type=_seed, default=d.seed, help=f"training seed, 0 to {MAX_SEED}")
     p.add_argument("--iwae", action="store_true", help="also report the IWAE-1/10/100/1000 bounds")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda, then mps, then cpu")
     p.add_argument("--threads", type=_positive_int, default=d.threads,
                    help="CPU threads; 0: $OMP_NUM_THREADS if set, else every CPU this process may use. "
                         "Give each of several runs at once an equal share of the cores")
     p.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="where MNIST is cached")
-    p.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start this run afresh, deleting its existing checkpoints")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start this run afresh, deleting its existing checkpoints (model-*.pt) only")
     return p
 
 
@@ -148,34 +196,83 @@ def _resume_point(config, model, optimizer, generator, device, log):
             log(f"--resume: no checkpoint in {config.checkpoint_dir}; starting from iteration 0.")
         return 0, 0.0
     path = found[max(found)]
-    state = checkpoint.load(path, config.architecture, device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["rng"].cpu())
+    state = checkpoint.load_model(model, path, config.architecture, device)
+    changed = checkpoint.changed_settings(state["config"], config.as_dict())
+    if changed:
+        raise FlagError(f"--resume would change {', '.join(changed)} against {path}; a resumed run must "
+                        "keep its settings (only --iter_max, --iter_save, --device and --threads may "
+                        "change). Use the same flags, or --overwrite, or another --run.")
+    checkpoint.load_optimizer(optimizer, state["optimizer"])
+    made_on = state.get("device_type")
+    if not restore_stream(generator, state["rng"], made_on, device, config.seed, state["iteration"]):
+        log(f"{path} was made on {made_on or 'another device'}, this run is on {device.type}: the random "
+            f"stream restarts from (seed {config.seed}, iteration {state['iteration']}), so the result "
+            "is not bit for bit that of an uninterrupted run.")
     log(f"Resuming from {path} (iteration {state['iteration']}).")
     return state["iteration"], state["train_seconds"]
 
 
-def run(config, log=print):
+def run(config, log=say):
     """Train (or load) a model as `config` says, evaluate it, and write its files.
+
+    One process at a time may train or write a run: it holds logs/<run>/.lock
+    from the start to its last file.
 
     Returns:
         results: dict: every figure, as also written to logs/<run>/results.json
     """
+    if config.resume and config.overwrite:
+        raise FlagError("--resume and --overwrite contradict each other: give one of them.")
+    if not 0 <= config.seed <= MAX_SEED:  # the flag checks this too; main(seed=...) does not go through it
+        raise FlagError(f"the seed must be an integer from 0 to {MAX_SEED}, not {config.seed}.")
     device = select_device(config.device)
     torch.set_num_threads(cpu_threads(config.threads))
+    preflight(make_model(config).to(device), device, config.iwae)  # a stub is named before any file is touched
+    if config.train:  # before any work: a read-only folder would otherwise fail at the first save
+        check_writable(config.log_dir)
+        check_writable(config.checkpoint_dir)
+    with _run_lock(config):
+        return _run(config, device, log)
+
+
+@contextlib.contextmanager
+def _run_lock(config):
+    """Hold the run's lock (logs/<run>/.lock); a refusal names the process that holds it.
+
+    With --train 0 and a log folder that cannot be written, the evaluation goes on
+    unlocked: there is nothing to protect, and its figures are printed before its
+    files fail to be written.
+    """
+    held = None
+    try:
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        held = locked(config.log_dir / LOCK_NAME).__enter__()
+    except InUse as e:
+        raise FlagError(f"run {config.run_name} is in use by {e} (lock: {config.log_dir / LOCK_NAME}); "
+                        "wait for it to end, or choose another --run.") from None
+    except OSError:
+        if config.train:
+            raise
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.__exit__()
+
+
+def _run(config, device, log):
+    """run()'s work, under the run's lock."""
+    # Only the lock's holder may remove temporaries: another's could be its save in progress.
+    remove_stale_temporaries(config.log_dir)
     torch.manual_seed(config.seed)  # the initial weights
     model = make_model(config).to(device)
-    preflight(model, device, config.iwae)
-    train_x, _, test_x, _ = load_mnist(config.data_dir, log)
-    config.log_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(config.log_dir)
-
     if config.train:
+        remove_stale_temporaries(config.checkpoint_dir)
         checkpoint.prepare_folder(config.checkpoint_dir, config.resume, config.overwrite)
         optimizer = make_optimizer(model, config, device)
         generator = training_generator(device, config.seed)
         start, seconds = _resume_point(config, model, optimizer, generator, device, log)
+        train_x, _, test_x, _ = load_mnist(config.data_dir, log)
         if start >= config.iter_max:
             log(f"Nothing to train: the newest checkpoint is at iteration {start} >= --iter_max.")
         else:
@@ -183,10 +280,10 @@ def run(config, log=print):
             seconds = train(model, optimizer, data, config, device, generator, start, seconds, log)
         iterations = max(start, config.iter_max)
     else:
-        path = checkpoint.path_for(config.checkpoint_dir, config.iter_max)
-        state = checkpoint.load(path, config.architecture, device)
-        model.load_state_dict(state["model"])
+        state = checkpoint.load_model(model, checkpoint.path_for(config.checkpoint_dir, config.iter_max),
+                                      config.architecture, device)
         iterations, seconds = state["iteration"], state["train_seconds"]
+        _, _, test_x, _ = load_mnist(config.data_dir, log)
 
     began = time.perf_counter()
     results = evaluate(model, test_x, device, iwae=config.iwae)
@@ -195,11 +292,7 @@ def run(config, log=print):
         eval_seconds=round(time.perf_counter() - began, 2), seed=config.seed, device=str(device),
         device_name=describe(device),
         threads=torch.get_num_threads(), torch=torch.__version__, config=config.as_dict())
-
-    samples = config.log_dir / "samples.png"
-    write_png_grid(samples, sample_means(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
-    write_json(config.log_dir / "results.json", results)
-
+    # The figures first: a folder that cannot be written must not cost them.
     log(f"NELBO: {results['nelbo']:.4f}. KL: {results['kl']:.4f}. Rec: {results['rec']:.4f}")
     log(f"Full test split (10,000 images): NELBO: {results['test_nelbo']:.4f}. "
         f"KL: {results['test_kl']:.4f}. Rec: {results['test_rec']:.4f}")
@@ -207,6 +300,11 @@ def run(config, log=print):
         log(f"Negative IWAE-{k}: {results['iwae'][k]:.4f}")
     log(f"Trained {iterations} iterations in {seconds:.1f} s on {device}; evaluated in "
         f"{results['eval_seconds']:.1f} s.")
+
+    samples = config.log_dir / "samples.png"
+    write_png_grid(samples, sample_means(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
+    write_json(config.log_dir / "results.json", results)
+
     newest = max(checkpoint.existing(config.checkpoint_dir).items(), default=(None, "none"))[1]
     log(f"Files: checkpoint {newest}\n       metrics {config.log_dir / 'metrics.csv'}\n"
         f"       samples {samples} (10 x 20 Bernoulli means of p(x|z), z ~ p(z))\n"
@@ -214,25 +312,49 @@ def run(config, log=print):
     return results
 
 
+def _fill_closed_standard_streams():
+    """Point a closed stdout or stderr (>&-, 2>&-) at /dev/null.
+
+    Otherwise the next file opened (a checkpoint, metrics.csv) would get descriptor 1
+    or 2, and anything written to the standard stream would land in it.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+
+
 def exit_code(main, **flags):
     """Call main(**flags) the way a shell wants it: one-line errors and an exit status.
 
+    A closed stdout (`| head -1`) or stderr (`2>&-`) is not an error: the run goes on.
+
     Returns:
-        status: int: 0 done, 1 error, 130 Ctrl-C, 143 SIGTERM
+        status: int: 0 done, 1 error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     """
+    _fill_closed_standard_streams()
     try:
         main(**flags)
     except Interrupted as e:
-        print(e, file=sys.stderr)
+        _warn(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        print("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
-              "(--resume continues, --train 0 evaluates).", file=sys.stderr)
+        _warn("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
+              "(--resume continues, --train 0 evaluates).")
         return 130
-    except (DataError, checkpoint.CheckpointError, DeviceError, NonFiniteLoss, UnfinishedCode) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, checkpoint.CheckpointError, DeviceError, NonFiniteLoss, FlagError, UnfinishedCode) as e:
+        _warn(f"error: {e}")
         return 1
     except OSError as e:  # SaveError (a full disk, say) and any other file-system failure
-        print(f"error: {e.strerror if isinstance(e, SaveError) else e}", file=sys.stderr)
+        _warn(f"error: {e.strerror if isinstance(e, SaveError) else first_line(e)}")
         return 1
+    try:  # what is still buffered; its reader may have gone (`| head -1`) once the run was done
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
     return 0

@@ -6,8 +6,6 @@ On CUDA the whole step (binarisation, forward, backward, Adam) is captured once
 in a CUDA graph and replayed, because at this model's size an eager step is
 bound by kernel-launch overhead.
 """
-import csv
-import io
 import signal
 import sys
 import threading
@@ -18,11 +16,15 @@ import torch
 from tqdm import tqdm
 
 from codebase import checkpoint
-from codebase.files import write_atomic
+from codebase.files import AppendOnly, read_metrics, write_atomic
+
+# Seeds are 0 to MAX_SEED: epoch_order seeds with seed * 100_003 + epoch, and
+# restart_stream with seed * 2**32 + iteration, both below torch's limit of 2**64.
+MAX_SEED = 2**31 - 1
 
 
 class Interrupted(Exception):
-    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint."""
+    """Training stopped on Ctrl-C, SIGTERM or SIGHUP after saving a checkpoint."""
 
     def __init__(self, message, exit_code):
         super().__init__(message)
@@ -52,6 +54,33 @@ def training_generator(device, seed):
         generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def restore_stream(generator, rng, made_on, device, seed, iteration):
+    """Put a resumed run's random stream where the checkpoint left it, if this device can.
+
+    A generator's state is device-specific (a CPU's Mersenne Twister against a GPU's
+    Philox seed and offset), so on another kind of device the stream restarts from
+    (seed, iteration) instead: still reproducible, but not the uninterrupted run's.
+
+    Args:
+        generator: torch.Generator: from training_generator, on `device`
+        rng: tensor: the checkpoint's generator state (uint8)
+        made_on: str or None: the device type the checkpoint was made on (None: not recorded)
+        device: torch.device: where training continues
+        seed, iteration: int: the run's seed and the checkpoint's iteration
+
+    Returns:
+        restored: bool: True if the exact stream goes on, False if it restarted
+    """
+    if made_on in (None, device.type):
+        try:
+            generator.set_state(rng.cpu())
+            return True
+        except RuntimeError:  # an unrecorded device that was not this one
+            pass
+    generator.manual_seed(seed * 2**32 + iteration)
+    return False
 
 
 def epoch_order(seed, epoch, n, device):
@@ -128,9 +157,11 @@ class GraphedStep:
 
 
 class StopRequest:
-    """Turns Ctrl-C and SIGTERM into a request to stop after the current step."""
+    """Turns Ctrl-C, SIGTERM and SIGHUP (a closed terminal) into a request to stop after the current step."""
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        EXIT_CODES[signal.SIGHUP] = 129
 
     def __enter__(self):
         self.signum = None
@@ -151,27 +182,38 @@ class StopRequest:
 class MetricsLog:
     """logs/<run>/metrics.csv: one row per logging window, appended as training goes.
 
-    On resume, rows past the checkpoint's iteration are dropped first, so the file
-    describes exactly the run that continues.
+    On resume, the rows up to the checkpoint's iteration that parse are kept and the
+    rest dropped, so the file describes exactly the run that continues; a hand-edited
+    file (a comment, a spreadsheet's byte-order mark, a cut-off row) loses only the
+    lines that do not parse, and `log` names them.
     """
 
     COLUMNS = ("iteration", "nelbo", "kl", "rec")
 
-    def __init__(self, path, start):
+    def __init__(self, path, start, log=print):
         self.path = Path(path)
         rows = []
-        if start and self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
-        kept = io.StringIO()
-        csv.writer(kept).writerows([self.COLUMNS, *([r[c] for c in self.COLUMNS] for r in rows)])
-        write_atomic(self.path, kept.getvalue().encode())  # a crash here keeps the old rows
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.writer(self.file)
+        if start and self.path.exists():
+            try:
+                rows, dropped = read_metrics(self.path)
+            except OSError as e:
+                rows, dropped = [], []
+                log(f"{self.path}: could not be read ({e.strerror or e}); it starts afresh.")
+            rows = [r for r in rows if r["iteration"] <= start]
+            if dropped:
+                log(f"{self.path}: kept {len(rows)} rows up to iteration {start}; dropped line(s) "
+                    f"{', '.join(map(str, dropped))}, which are not rows of numbers.")
+        kept = [",".join(self.COLUMNS) + "\n"] + [self.row(r["iteration"], [r[c] for c in self.COLUMNS[1:]])
+                                                  for r in rows]
+        write_atomic(self.path, "".join(kept).encode())  # a crash here keeps the old rows
+        self.file = AppendOnly(self.path)
+
+    @staticmethod
+    def row(iteration, values):
+        return ",".join([str(iteration), *(f"{v:.4f}" for v in values)]) + "\n"
 
     def append(self, iteration, values):
-        self.writer.writerow([iteration, *(f"{v:.4f}" for v in values)])
-        self.file.flush()
+        self.file.append(self.row(iteration, values).encode())
 
     def close(self):
         self.file.close()
@@ -185,6 +227,7 @@ def checkpoint_state(model, optimizer, generator, config, iteration, train_secon
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": generator.get_state(),
+        "device_type": generator.device.type,  # the rng state is only meaningful on this kind of device
         "train_seconds": train_seconds,
     }
 
@@ -207,7 +250,7 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
         train_seconds: float: total training time, earlier sessions included
 
     Raises:
-        Interrupted: on Ctrl-C or SIGTERM, after saving a checkpoint
+        Interrupted: on Ctrl-C, SIGTERM or SIGHUP, after saving a checkpoint
         NonFiniteLoss: if the loss stops being finite; no checkpoint is written
     """
     n, width = data.shape
@@ -222,10 +265,12 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
 
     window = torch.zeros(config.log_every, 3, device=device)  # per-step stats since the last row
     window_start = start
-    metrics = MetricsLog(config.log_dir / "metrics.csv", start)
+    metrics = MetricsLog(config.log_dir / "metrics.csv", start, log)
     # In a log file (a cluster job) a line every 30 s is enough; a terminal gets a live bar.
+    # With stderr closed (2>&-) there is no bar, and training goes on.
     bar = tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30)
+               disable=sys.stderr is None,
+               mininterval=0.1 if sys.stderr is not None and sys.stderr.isatty() else 30)
     order, it = None, start
     began = time.perf_counter()
 

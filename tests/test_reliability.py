@@ -24,7 +24,7 @@ GMVAE_RUN = "model=gmvae_z=10_k=500_run=0000"
 
 
 def script(*args, cwd, mnist_dir):
-    return [sys.executable, str(ROOT / "run_gmvae.py"), *args, "--data-dir", str(mnist_dir)]
+    return [sys.executable, str(ROOT / "run_gmvae.py"), *args, "--data-dir", str(mnist_dir), "--threads", "1"]
 
 
 def call(*args, cwd, mnist_dir, timeout=300):
@@ -48,31 +48,31 @@ def nelbo_line(stdout):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, mnist_dir):
-    """An uninterrupted 600-iteration run: the reference every resumed run must equal."""
+    """An uninterrupted 300-iteration run: the reference every resumed run must equal."""
     cwd = tmp_path_factory.mktemp("straight")
-    out = call("--iter_max", "600", "--iter_save", "200", cwd=cwd, mnist_dir=mnist_dir)
+    out = call("--iter_max", "300", "--iter_save", "100", cwd=cwd, mnist_dir=mnist_dir)
     assert out.returncode == 0, out.stderr
     return cwd, out.stdout
 
 
 def test_resume_from_a_checkpoint_matches_the_straight_run(straight_run, tmp_path, mnist_dir):
-    first = call("--iter_max", "400", "--iter_save", "200", cwd=tmp_path, mnist_dir=mnist_dir)
+    first = call("--iter_max", "200", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir)
     assert first.returncode == 0, first.stderr
-    second = call("--iter_max", "600", "--iter_save", "200", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
+    second = call("--iter_max", "300", "--iter_save", "100", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
     assert second.returncode == 0, second.stderr
     assert "Resuming from" in second.stdout
     ref_cwd, ref_stdout = straight_run
-    final = f"checkpoints/{GMVAE_RUN}/model-00600.pt"
+    final = f"checkpoints/{GMVAE_RUN}/model-00300.pt"
     assert_same_weights(weights(tmp_path / final), weights(ref_cwd / final))
     assert nelbo_line(second.stdout) == nelbo_line(ref_stdout)
     # The metrics file describes the one continued run, without duplicated rows.
     with open(tmp_path / "logs" / GMVAE_RUN / "metrics.csv") as f:
-        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(50, 601, 50))
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == list(range(50, 301, 50))
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_checkpoint_and_resuming_matches(signum, status, straight_run, tmp_path, mnist_dir):
-    proc = subprocess.Popen(script("--iter_max", "600", "--iter_save", "200", cwd=tmp_path, mnist_dir=mnist_dir),
+    proc = subprocess.Popen(script("--iter_max", "300", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "logs" / GMVAE_RUN / "metrics.csv"
     deadline = time.time() + 120
@@ -85,20 +85,20 @@ def test_a_signal_saves_a_checkpoint_and_resuming_matches(signum, status, straig
     assert "Traceback" not in stderr and "--resume" in stderr
     saved = checkpoint.existing(tmp_path / "checkpoints" / GMVAE_RUN)
     stopped_at = max(saved)
-    assert 50 <= stopped_at < 600 and f"after iteration {stopped_at}" in stderr
+    assert 50 <= stopped_at < 300 and f"after iteration {stopped_at}" in stderr
 
-    resumed = call("--iter_max", "600", "--iter_save", "200", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
+    resumed = call("--iter_max", "300", "--iter_save", "100", "--resume", cwd=tmp_path, mnist_dir=mnist_dir)
     assert resumed.returncode == 0, resumed.stderr
     ref_cwd, ref_stdout = straight_run
-    final = f"checkpoints/{GMVAE_RUN}/model-00600.pt"
+    final = f"checkpoints/{GMVAE_RUN}/model-00300.pt"
     assert_same_weights(weights(tmp_path / final), weights(ref_cwd / final))
     assert nelbo_line(resumed.stdout) == nelbo_line(ref_stdout)
 
 
 def test_same_seed_on_the_cpu_is_bit_identical(straight_run, tmp_path, mnist_dir):
-    out = call("--iter_max", "600", "--iter_save", "200", cwd=tmp_path, mnist_dir=mnist_dir)
+    out = call("--iter_max", "300", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir)
     ref_cwd, ref_stdout = straight_run
-    final = f"checkpoints/{GMVAE_RUN}/model-00600.pt"
+    final = f"checkpoints/{GMVAE_RUN}/model-00300.pt"
     assert_same_weights(weights(tmp_path / final), weights(ref_cwd / final))
     assert nelbo_line(out.stdout) == nelbo_line(ref_stdout)
 
@@ -108,7 +108,7 @@ def test_existing_checkpoints_are_never_deleted_unasked(straight_run, tmp_path, 
     import shutil
     shutil.copytree(ref_cwd / "checkpoints", tmp_path / "checkpoints")
     before = sorted(p.name for p in (tmp_path / "checkpoints" / GMVAE_RUN).iterdir())
-    again = call("--iter_max", "600", cwd=tmp_path, mnist_dir=mnist_dir)
+    again = call("--iter_max", "300", cwd=tmp_path, mnist_dir=mnist_dir)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert "--resume" in again.stderr and "--overwrite" in again.stderr
     assert sorted(p.name for p in (tmp_path / "checkpoints" / GMVAE_RUN).iterdir()) == before
@@ -135,20 +135,20 @@ def test_a_pickled_payload_is_refused_and_never_runs(tmp_path):
 
 def test_damaged_mismatched_and_missing_checkpoints_get_one_line_errors(straight_run, tmp_path, mnist_dir):
     ref_cwd, _ = straight_run
-    good = ref_cwd / "checkpoints" / GMVAE_RUN / "model-00600.pt"
+    good = ref_cwd / "checkpoints" / GMVAE_RUN / "model-00300.pt"
     folder = tmp_path / "checkpoints" / GMVAE_RUN
     folder.mkdir(parents=True)
-    damaged = folder / "model-00600.pt"
+    damaged = folder / "model-00300.pt"
     damaged.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    out = call("--iter_max", "600", "--train", "0", cwd=tmp_path, mnist_dir=mnist_dir)
+    out = call("--iter_max", "300", "--train", "0", cwd=tmp_path, mnist_dir=mnist_dir)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert str(damaged.relative_to(tmp_path)) in out.stderr and "damaged" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and damaged.exists()
 
-    mismatch_folder = tmp_path / "checkpoints" / "model=gmvae_z=10_k=50_run=0000"
+    mismatch_folder = tmp_path / "checkpoints" / Config(k=50).run_name
     mismatch_folder.mkdir(parents=True)
-    (mismatch_folder / "model-00600.pt").write_bytes(good.read_bytes())
-    out = call("--iter_max", "600", "--train", "0", "--k", "50", cwd=tmp_path, mnist_dir=mnist_dir)
+    (mismatch_folder / "model-00300.pt").write_bytes(good.read_bytes())
+    out = call("--iter_max", "300", "--train", "0", "--k", "50", cwd=tmp_path, mnist_dir=mnist_dir)
     assert out.returncode == 1 and "'k': 500" in out.stderr and "'k': 50}" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
@@ -158,9 +158,9 @@ def test_damaged_mismatched_and_missing_checkpoints_get_one_line_errors(straight
 
 def test_a_checkpoint_loads_onto_the_cpu_with_weights_only(straight_run):
     ref_cwd, _ = straight_run
-    state = checkpoint.load(ref_cwd / "checkpoints" / GMVAE_RUN / "model-00600.pt",
+    state = checkpoint.load(ref_cwd / "checkpoints" / GMVAE_RUN / "model-00300.pt",
                             Config().architecture, torch.device("cpu"))
-    assert state["iteration"] == 600 and state["format"] == checkpoint.FORMAT
+    assert state["iteration"] == 300 and state["format"] == checkpoint.FORMAT
     assert isinstance(state["rng"], torch.Tensor) and state["config"]["seed"] == 0
     model = make_model(Config())
     model.load_state_dict(state["model"])
@@ -287,3 +287,436 @@ def test_two_runs_fetching_mnist_at_once_do_not_corrupt_it(tmp_path):
         t.join()
     assert errors == [] and data.bad_files(tmp_path) == []
     assert not list(data.raw_dir(tmp_path).glob(".*.tmp"))
+
+
+# ---- issue 10: runs that stay apart ----------------------------------------------------------
+
+def wait_for_training(proc, metrics):
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_a_second_start_is_refused_and_deletes_nothing_of_the_running_one(tmp_path, mnist_dir):
+    first = subprocess.Popen(script("--iter_max", "100000", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir),
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(first, tmp_path / "logs" / GMVAE_RUN / "metrics.csv")
+        # What a save in progress looks like: the second start must leave it alone.
+        saving = tmp_path / "checkpoints" / GMVAE_RUN / ".model-00300.pt.ab12cd.tmp"
+        saving.write_bytes(b"half of a checkpoint being written")
+        second = call("--iter_max", "400", "--iter_save", "100", "--seed", "7", cwd=tmp_path, mnist_dir=mnist_dir)
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert "in use by pid" in second.stderr and f"pid {first.pid} " in second.stderr
+        assert saving.exists() and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 143, stderr
+    saved = checkpoint.existing(tmp_path / "checkpoints" / GMVAE_RUN)
+    assert saved and all(torch.load(p, weights_only=True)["config"]["seed"] == 0 for p in saved.values())
+    rows, dropped = files.read_metrics(tmp_path / "logs" / GMVAE_RUN / "metrics.csv")
+    iterations = [r["iteration"] for r in rows]
+    assert dropped == [] and iterations == sorted(set(iterations)) and iterations[0] == 50
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); "
+                               f"from codebase.files import locked; held = locked({str(lock)!r}).__enter__(); "
+                               "print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(files.InUse, match=f"pid {holder.pid} on "):
+            files.locked(lock).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    with files.locked(lock):
+        pass
+
+
+def test_stale_temporaries_are_removed_only_under_the_lock(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with files.locked(folder / ".lock"):
+        with pytest.raises(files.InUse):
+            files.locked(folder / ".lock").__enter__()
+    # Held and released again: a later holder may clean.
+    (folder / ".x.pt.1.tmp").write_bytes(b"stale")
+    with files.locked(folder / ".lock"):
+        files.remove_stale_temporaries(folder)
+    assert not (folder / ".x.pt.1.tmp").exists() and (folder / ".lock").exists()
+
+
+# ---- issue 10: in-process runs -----------------------------------------------------------------
+
+def quiet(*args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, mnist_dir):
+    """A 40-iteration run with checkpoints at 20 and 40, trained in process."""
+    root = tmp_path_factory.mktemp("small")
+    config = Config(iter_max=40, iter_save=20, threads=1, data_dir=str(mnist_dir),
+                    checkpoint_root=str(root / "checkpoints"), log_root=str(root / "logs"))
+    run(config, log=quiet)
+    return config
+
+
+def copy_of(config, tmp_path):
+    """The same run, its checkpoints copied under tmp_path."""
+    import shutil
+
+    copy = config.but(checkpoint_root=str(tmp_path / "checkpoints"), log_root=str(tmp_path / "logs"))
+    shutil.copytree(config.checkpoint_dir, copy.checkpoint_dir)
+    return copy
+
+
+@pytest.mark.parametrize("change", [{"seed": 7}, {"lr": 3e-4}, {"batch": 50}])
+def test_resume_refuses_a_setting_that_changes_training(change, small_run, tmp_path, capsys):
+    config = copy_of(small_run, tmp_path).but(iter_max=60, resume=True, **change)
+    status = exit_code(lambda: run(config, log=quiet))
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    (key, value), = change.items()
+    assert f"{key} {getattr(small_run, key)} -> {value}" in err and "model-00040.pt" in err
+    assert list(checkpoint.existing(config.checkpoint_dir)) == [20, 40]
+
+
+def test_settings_fixed_on_resume_are_model_z_k_seed_lr_batch():
+    saved = Config().as_dict()
+    for key, value in [("model", "vae"), ("z", 2), ("k", 5), ("seed", 1), ("lr", 0.1), ("batch", 10)]:
+        assert checkpoint.changed_settings(saved, {**saved, key: value}) == [f"{key} {saved[key]} -> {value}"]
+    free = {**saved, "iter_max": 5, "iter_save": 1, "device": "cuda", "threads": 3, "iwae": True}
+    assert checkpoint.changed_settings(saved, free) == []
+
+
+def test_resume_keeps_the_metrics_rows_that_parse_and_may_change_iter_max_iter_save_and_device(small_run, tmp_path):
+    config = copy_of(small_run, tmp_path).but(iter_max=60, iter_save=10, device="cpu", resume=True)
+    metrics = config.log_dir / "metrics.csv"
+    metrics.parent.mkdir(parents=True)
+    # As a spreadsheet saves it: a byte-order mark, a renamed header, a note, a bare number, a cut-off row.
+    metrics.write_bytes("\ufeffstep,nelbo,kl,rec\n# rerun by the TA\n100.0\n20,250.5,8.0,242.5\n"
+                        "30,181.3755,,\n40,230.0,6.0,224.0\n50,200.0,5.0,195.0\n".encode())
+    messages = []
+    results = run(config, log=messages.append)
+    assert results["iterations"] == 60
+    note = next(m for m in messages if m.startswith(str(metrics)))
+    assert "kept 2 rows up to iteration 40" in note and "dropped line(s) 1, 2, 3, 5" in note
+    rows, dropped = files.read_metrics(metrics)
+    assert dropped == [] and [r["iteration"] for r in rows] == [20, 40, 60]
+    assert list(checkpoint.existing(config.checkpoint_dir)) == [20, 40, 50, 60]
+
+
+def test_overwrite_deletes_only_the_runs_checkpoints(small_run, tmp_path):
+    config = copy_of(small_run, tmp_path)
+    notes = config.checkpoint_dir / "notes.txt"
+    notes.write_text("lr sweep, keep")
+    (config.checkpoint_dir / "best.pt").write_bytes(b"a file of the user's")
+    checkpoint.prepare_folder(config.checkpoint_dir, resume=False, overwrite=True)
+    assert sorted(p.name for p in config.checkpoint_dir.iterdir()) == ["best.pt", "notes.txt"]
+
+
+def test_resume_and_overwrite_together_are_refused(capsys):
+    from codebase.run import FlagError, build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser("gmvae").parse_args(["--resume", "--overwrite"])
+    assert stop.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    with pytest.raises(FlagError, match="contradict"):
+        run(Config(resume=True, overwrite=True))
+
+
+@pytest.mark.parametrize("seed", ["100000000000000", "-1", "2147483648", "1e3"])
+def test_an_out_of_range_seed_is_a_usage_error_with_the_range(seed, capsys):
+    from codebase.run import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser("vae").parse_args(["--seed", seed])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "from 0 to 2147483647" in err and "Traceback" not in err
+    assert build_parser("vae").parse_args(["--seed", "2147483647"]).seed == 2**31 - 1
+
+
+def test_the_largest_seed_works_everywhere_it_is_used():
+    from codebase.train import MAX_SEED, epoch_order, restore_stream
+
+    assert len(epoch_order(MAX_SEED, 10**6, 10, "cpu")) == 10
+    generator = training_generator(torch.device("cpu"), MAX_SEED)
+    assert not restore_stream(generator, torch.zeros(16, dtype=torch.uint8), "cuda", torch.device("cpu"),
+                              MAX_SEED, 10**6)
+
+
+# ---- issue 10: checkpoints a user can break --------------------------------------------------
+
+def test_an_empty_or_random_file_is_not_a_checkpoint(tmp_path, capsys):
+    config = Config(iter_max=20, checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
+    config.checkpoint_dir.mkdir(parents=True)
+    path = checkpoint.path_for(config.checkpoint_dir, 20)
+    for content, says in [(b"", "is empty (0 bytes)"), (os.urandom(4096), "is not a checkpoint")]:
+        path.write_bytes(content)
+        status = exit_code(lambda: run(config.but(train=False), log=quiet))
+        err = capsys.readouterr().err
+        assert status == 1 and says in err and str(path) in err and "pickled" not in err
+        assert len(err.strip().splitlines()) == 1 and path.exists()
+
+
+def test_a_folder_or_a_symlink_loop_named_like_a_checkpoint_is_called_what_it_is(tmp_path):
+    folder = tmp_path / "model-00100.pt"
+    folder.mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="is a folder, not a checkpoint"):
+        checkpoint.load(folder, {}, "cpu")
+    loop = tmp_path / "model-00200.pt"
+    loop.symlink_to(loop)
+    with pytest.raises(checkpoint.CheckpointError, match="symbolic link that leads nowhere"):
+        checkpoint.load(loop, {}, "cpu")
+
+
+def test_train_0_without_a_checkpoint_at_iter_max_lists_those_that_exist(small_run, tmp_path):
+    config = copy_of(small_run, tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoints at iterations 20, 40: pass one"):
+        run(config.but(train=False, iter_max=30), log=quiet)
+
+
+def test_a_renamed_checkpoint_is_refused_not_trusted(small_run, tmp_path):
+    config = copy_of(small_run, tmp_path)
+    checkpoint.path_for(config.checkpoint_dir, 20).rename(checkpoint.path_for(config.checkpoint_dir, 99999))
+    with pytest.raises(checkpoint.CheckpointError, match="holds iteration 20, not 99999.*model-00020.pt"):
+        run(config.but(iter_max=60, resume=True), log=quiet)
+
+
+def test_a_data_dir_that_is_a_file_is_one_clear_error(tmp_path):
+    not_a_folder = tmp_path / "mnist.zip"
+    not_a_folder.write_bytes(b"PK")
+    with pytest.raises(data.DataError, match="is a file, not a folder"):
+        data.ensure_mnist(not_a_folder, log=quiet)
+
+
+def test_an_interrupted_fetchs_folder_is_removed_on_the_next_start_but_not_a_running_one(tmp_path, mnist_dir):
+    import fcntl
+
+    data.raw_dir(tmp_path).mkdir(parents=True)
+    for name in data.MD5:
+        (data.raw_dir(tmp_path) / name).symlink_to(data.raw_dir(mnist_dir) / name)
+    stale = tmp_path / (data.FETCH_PREFIX + "k1ll3d")
+    (stale / "MNIST").mkdir(parents=True)
+    young = tmp_path / (data.FETCH_PREFIX + "n3wb0rn")  # a fetch about to lock its folder
+    young.mkdir()
+    running = tmp_path / (data.FETCH_PREFIX + "runn1n")
+    running.mkdir()
+    hour_ago = time.time() - 3600
+    for folder in (stale, running):
+        os.utime(folder, (hour_ago, hour_ago))
+    fd = os.open(running, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        data.ensure_mnist(tmp_path, log=quiet)
+    finally:
+        os.close(fd)
+    assert not stale.exists() and running.exists() and young.exists()
+
+
+# ---- issue 10: checkpoints that move between devices ------------------------------------------
+
+def as_a_cuda_run_writes_it(state, path, monkeypatch):
+    """Save `state` as a CUDA run would have: tensors on cuda:0, Philox rng, capturable Adam."""
+    optimizer = state["optimizer"]
+    for group in optimizer["param_groups"]:
+        group.update(foreach=True, fused=None, capturable=True)
+    for per_param in optimizer["state"].values():
+        per_param["step"] = per_param["step"].to(torch.float32)  # capturable keeps it a float on the GPU
+    seed, offset = 0, 4 * 20 * 100 * 794
+    rng = torch.tensor(list(seed.to_bytes(8, "little") + offset.to_bytes(8, "little")), dtype=torch.uint8)
+    crafted = {**state, "optimizer": optimizer, "rng": rng, "device_type": "cuda"}
+    crafted.pop("format")
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        checkpoint.save(path, crafted)
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(small_run, tmp_path, mnist_dir, monkeypatch):
+    state = torch.load(checkpoint.path_for(small_run.checkpoint_dir, 20), weights_only=True)
+    path = tmp_path / "checkpoints" / GMVAE_RUN / "model-00020.pt"
+    path.parent.mkdir(parents=True)
+    as_a_cuda_run_writes_it(state, path, monkeypatch)
+    if not torch.cuda.is_available():  # the file really is a GPU one
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    out = call("--iter_max", "60", "--iter_save", "20", "--resume", "--device", "cpu", cwd=tmp_path,
+               mnist_dir=mnist_dir)
+    assert out.returncode == 0, out.stderr
+    assert "was made on cuda, this run is on cpu: the random stream restarts from (seed 0, iteration 20)" \
+        in out.stdout
+    final = torch.load(path.parent / "model-00060.pt", weights_only=True)
+    assert final["device_type"] == "cpu" and final["iteration"] == 60
+    assert all(torch.isfinite(t).all() for t in final["model"].values())
+    assert final["optimizer"]["param_groups"][0]["fused"] is True
+    assert final["optimizer"]["param_groups"][0]["capturable"] is False
+
+
+def test_a_cpu_checkpoint_is_mapped_for_a_gpu_optimizer_and_generator(small_run):
+    from codebase.train import restore_stream
+
+    state = checkpoint.load(checkpoint.path_for(small_run.checkpoint_dir, 40), small_run.architecture, "cpu")
+    model = make_model(small_run)
+    model.load_state_dict(state["model"])
+    optimizer = make_optimizer(model, small_run, torch.device("cuda"))  # what a GPU run builds
+    checkpoint.load_optimizer(optimizer, state["optimizer"])
+    group = optimizer.state_dict()["param_groups"][0]
+    assert (group["capturable"], group["foreach"], group["fused"]) == (True, True, None)
+    for name, param in model.named_parameters():
+        per_param = optimizer.state[param]
+        assert per_param["step"].dtype == torch.float32 and per_param["step"].device == param.device, name
+        assert torch.equal(per_param["step"], torch.tensor(40.0))
+    # A CPU generator state cannot go on on a GPU: the stream restarts from (seed, iteration).
+    generator = torch.Generator()
+    assert not restore_stream(generator, state["rng"], "cpu", torch.device("cuda"), 0, 40)
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(40).get_state())
+    assert restore_stream(generator, state["rng"], "cpu", torch.device("cpu"), 0, 40)
+    assert torch.equal(generator.get_state(), state["rng"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_resumes_on_the_cpu_and_back(tmp_path, mnist_dir):
+    base = Config(iter_max=20, iter_save=20, threads=1, device="cuda", data_dir=str(mnist_dir),
+                  checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
+    run(base, log=quiet)
+    messages = []
+    run(base.but(iter_max=40, device="cpu", resume=True), log=messages.append)
+    assert any("was made on cuda, this run is on cpu" in m for m in messages)
+    run(base.but(iter_max=60, resume=True), log=messages.append)
+    assert any("was made on cpu, this run is on cuda" in m for m in messages)
+    final = torch.load(checkpoint.path_for(base.checkpoint_dir, 60), weights_only=True)
+    assert final["device_type"] == "cuda" and all(torch.isfinite(t).all() for t in final["model"].values())
+
+
+# ---- issue 10: closed streams, signals, folders and disks -------------------------------------
+
+def test_with_stderr_closed_the_run_trains_anyway(tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", None)
+    config = Config(iter_max=20, iter_save=20, threads=1, data_dir=str(mnist_dir),
+                    checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
+    assert exit_code(lambda: run(config, log=quiet)) == 0
+    assert list(checkpoint.existing(config.checkpoint_dir)) == [20]
+    assert exit_code(lambda: run(config, log=quiet)) == 1  # an error, with nowhere to print it
+
+
+def test_a_closed_stdout_is_not_an_error_of_the_run(small_run, tmp_path, monkeypatch):
+    import io
+
+    class ClosedPipe(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    config = copy_of(small_run, tmp_path).but(train=False)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert exit_code(lambda: run(config)) == 0
+    assert (config.log_dir / "results.json").is_file() and (config.log_dir / "samples.png").is_file()
+
+
+def test_sighup_saves_a_checkpoint_and_exits_129(tmp_path, monkeypatch, capsys):
+    from codebase.train import Interrupted
+
+    config = Config(iter_max=200, iter_save=1000, threads=1, checkpoint_root=str(tmp_path / "c"),
+                    log_root=str(tmp_path / "l"))
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = make_model(config)
+    real_bound = model.negative_elbo_bound
+    calls = {"n": 0}
+
+    def closes_the_terminal_at_30(x, generator=None):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            os.kill(os.getpid(), signal.SIGHUP)
+        return real_bound(x, generator)
+
+    model.negative_elbo_bound = closes_the_terminal_at_30
+    gray = torch.rand(1000, 784)
+    status = exit_code(lambda: train(model, make_optimizer(model, config, device), gray, config, device,
+                                     training_generator(device, 0), log=quiet))
+    assert status == 129 and "SIGHUP: stopped after iteration 30" in capsys.readouterr().err
+    assert list(checkpoint.existing(config.checkpoint_dir)) == [30]
+
+
+def refuse_writes_in(folder, monkeypatch):
+    """Make `folder` behave as read-only for this codebase's writes (the tests run as root)."""
+    real = files.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(folder)):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+
+
+def test_a_read_only_checkpoint_folder_is_refused_before_training(tmp_path, mnist_dir, monkeypatch, capsys):
+    import codebase.run as run_module
+
+    config = Config(iter_max=20, threads=1, data_dir=str(mnist_dir), checkpoint_root=str(tmp_path / "c"),
+                    log_root=str(tmp_path / "l"))
+    refuse_writes_in(config.checkpoint_dir, monkeypatch)
+    monkeypatch.setattr(run_module, "load_mnist", lambda *a: pytest.fail("went on to load the data"))
+    assert exit_code(lambda: run(config, log=quiet)) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write in {config.checkpoint_dir} (Permission denied)" in err and "Nothing was trained" in err
+
+
+def test_train_0_prints_the_figures_before_a_read_only_log_folder_fails(small_run, tmp_path, monkeypatch):
+    config = copy_of(small_run, tmp_path).but(train=False)
+    refuse_writes_in(config.log_dir, monkeypatch)
+    messages = []
+    with pytest.raises(files.SaveError, match=f"could not write {config.log_dir}"):
+        run(config, log=messages.append)
+    assert messages and messages[0].startswith("NELBO: ")
+
+
+@pytest.mark.parametrize("failure", ["a short write", "no space at all"])
+def test_a_full_disk_while_appending_metrics_leaves_no_partial_row(failure, tmp_path, monkeypatch):
+    from codebase.train import MetricsLog
+
+    path = tmp_path / "metrics.csv"
+    metrics = MetricsLog(path, 0, log=quiet)
+    metrics.append(50, (260.0, 8.0, 252.0))
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if failure == "a short write":
+            return real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "write", full_disk)
+    try:
+        with pytest.raises(files.SaveError) as err:
+            metrics.append(100, (200.0, 6.0, 194.0))
+    finally:
+        monkeypatch.undo()
+    assert str(path) in str(err.value) and "no space left" in str(err.value)
+    assert path.read_bytes() == before
+    metrics.append(100, (200.0, 6.0, 194.0))  # space again: the next row follows a whole one
+    metrics.close()
+    assert files.read_metrics(path) == ([{"iteration": 50, "nelbo": 260.0, "kl": 8.0, "rec": 252.0},
+                                         {"iteration": 100, "nelbo": 200.0, "kl": 6.0, "rec": 194.0}], [])
+
+
+def test_a_closed_stdout_during_the_run_is_still_an_error_if_the_run_did_not_finish(capsys):
+    def breaks_mid_run():
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")  # e.g. the progress bar's pipe, mid-training
+
+    assert exit_code(breaks_mid_run) == 1
+    assert "Broken pipe" in capsys.readouterr().err
+
+
+def test_a_seed_out_of_range_is_refused_by_run_itself():
+    from codebase.run import FlagError
+
+    with pytest.raises(FlagError, match="from 0 to 2147483647"):
+        run(Config(seed=10**14))
