@@ -4,12 +4,17 @@ import os
 import re
 import subprocess
 import sys
+import types
 import zipfile
 
 import pytest
 
 from conftest import ROOT
 
+from codebase import check
+from codebase import utils as ut
+from codebase.mistakes import CAUSES
+from codebase.models import GMVAE
 from course import handout
 
 DEFAULT_TAGS = set(handout.VARIANTS["default"])
@@ -185,3 +190,78 @@ def test_variants_and_extra_tags_strip_more(tmp_path):
     assert handout.chosen_tags("default", ["kl_normal"]) == DEFAULT_TAGS | {"kl_normal"}
     with pytest.raises(handout.MarkerError):
         handout.chosen_tags("default", ["no_such_tag"])
+
+
+# The self-check's usual mistakes, written into the starter's stubs as a student would write
+# them: (tag, the check that must name it, the mistake's key in CAUSES, the lines of code).
+GMVAE_START = ["m, v = self.enc(x)", "z = ut.sample_gaussian(m, v, generator)"]
+GMVAE_REC = "rec = -ut.log_bernoulli_with_logits(x, self.dec(z)).mean()"
+GMVAE_KL = "kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, *self.prior())).mean()"
+STARTER_MISTAKES = {
+    "mixture: no log k": ("log_normal_mixture", "log_normal_mixture",
+                          ["return log_sum_exp(log_normal(z.unsqueeze(1), m, v), dim=1)"]),
+    "mixture: mean of logs": ("log_normal_mixture", "log_normal_mixture",
+                              ["return log_normal(z.unsqueeze(1), m, v).mean(dim=1)"]),
+    "mixture: max": ("log_normal_mixture", "log_normal_mixture",
+                     ["return log_normal(z.unsqueeze(1), m, v).max(dim=1).values"]),
+    "mixture: not reduced": ("log_normal_mixture", "log_normal_mixture", ["return log_normal(z.unsqueeze(1), m, v)"]),
+    "mixture: v as sd": ("log_normal_mixture", "log_normal_mixture",
+                         ["return log_mean_exp(log_normal(z.unsqueeze(1), m, v ** 2), dim=1)"]),
+    "mixture: shapes": ("log_normal_mixture", "log_normal_mixture",
+                        ["batch, k, dim = m.shape", "return log_mean_exp(log_normal(z.view(-1, 1, dim), m, v), dim=1)"]),
+    "mixture: underflow": ("log_normal_mixture", "log_normal_mixture: far points, tiny variances",
+                           ["return torch.log(torch.exp(log_normal(z.unsqueeze(1), m, v)).mean(dim=1))"]),
+    "GMVAE: kl sign": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        GMVAE_REC, "kl = (ut.log_normal_mixture(z, *self.prior()) - ut.log_normal(z, m, v)).mean()",
+        "return kl + rec, kl, rec"]),
+    "GMVAE: standard normal prior": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        GMVAE_REC, "kl = (ut.log_normal(z, m, v) - ut.log_normal(z, torch.zeros_like(z), torch.ones_like(z))).mean()",
+        "return kl + rec, kl, rec"]),
+    "elbo: rec sign": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        "rec = ut.log_bernoulli_with_logits(x, self.dec(z)).mean()", GMVAE_KL, "return kl + rec, kl, rec"]),
+    "elbo: decodes the mean": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        "rec = -ut.log_bernoulli_with_logits(x, self.dec(m)).mean()", GMVAE_KL, "return kl + rec, kl, rec"]),
+    "elbo: kl - rec": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        GMVAE_REC, GMVAE_KL, "return kl - rec, kl, rec"]),
+    "bound: hard-coded 100": ("gmvae_negative_elbo_bound", "GMVAE: odd batch of 97", GMVAE_START + [
+        "rec = -ut.log_bernoulli_with_logits(x, self.dec(z)).view(100).mean()", GMVAE_KL, "return kl + rec, kl, rec"]),
+    "GMVAE: prior cut": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        GMVAE_REC, "prior_m, prior_v = self.prior()",
+        "kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, prior_m.detach(), prior_v.detach())).mean()",
+        "return kl + rec, kl, rec"]),
+}
+
+
+def student_function(tag, lines):
+    """The starter's function of `tag`, with `lines` written in place of its stub, loaded from that text."""
+    name, path = {"log_normal_mixture": ("log_normal_mixture", "codebase/utils.py"),
+                  "gmvae_negative_elbo_bound": ("GMVAE", "codebase/models/gmvae.py")}[tag]
+    answer = (ROOT / path).read_text()
+    (region,) = [r for r in handout.parse(answer, path) if r.tag == tag]
+    stub = "".join(region.stub)
+    written = "".join(f"{region.indent}{line}\n" for line in lines)
+    source = handout.strip(answer, path, DEFAULT_TAGS)
+    assert source.count(stub) == 1
+    module = types.ModuleType(f"starter_{tag}")
+    exec(compile(source.replace(stub, written), path, "exec"), module.__dict__)
+    found = getattr(module, name)
+    return found if tag == "log_normal_mixture" else found.negative_elbo_bound
+
+
+@pytest.mark.parametrize("mistake", STARTER_MISTAKES)
+def test_a_known_mistake_written_into_the_starter_is_named(mistake, monkeypatch):
+    tag, check_name, lines = STARTER_MISTAKES[mistake]
+    where, attr = (ut, "log_normal_mixture") if tag == "log_normal_mixture" else (GMVAE, "negative_elbo_bound")
+    monkeypatch.setattr(where, attr, student_function(tag, lines))
+    line = check.verdict(next(c for c in check.CHECKS if c.name == check_name)).line
+    cause = CAUSES[mistake].split("{what}")[-1]
+    assert line.startswith(f"FAIL  {check_name}: ") and cause in line, line
+
+
+def test_the_right_answer_written_into_the_starter_passes(monkeypatch):
+    monkeypatch.setattr(ut, "log_normal_mixture", student_function(
+        "log_normal_mixture", ["return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)"]))
+    monkeypatch.setattr(GMVAE, "negative_elbo_bound", student_function(
+        "gmvae_negative_elbo_bound", GMVAE_START + [GMVAE_REC, GMVAE_KL, "return kl + rec, kl, rec"]))
+    for c in check.CHECKS:
+        assert check.verdict(c).passed, c.name
