@@ -80,10 +80,12 @@ CHECK_TESTS = {
         "context": ("log_normal", "log_sum_exp", "log_mean_exp")},
     "GMVAE.negative_elbo_bound": {
         "checks": ("GMVAE.negative_elbo_bound", "GMVAE: odd batch"),
-        "context": ("log_normal", "log_sum_exp", "log_mean_exp", "sample_gaussian", "GMVAE.negative_iwae_bound")},
+        "context": ("log_normal", "log_sum_exp", "log_mean_exp", "log_normal_mixture", "sample_gaussian",
+                    "GMVAE.negative_iwae_bound")},
     "IWAE bound on your functions": {
         "checks": ("GMVAE.negative_iwae_bound", "GMVAE: IWAE-1 = NELBO", "GMVAE: IWAE falls with k"),
-        "context": ("log_normal", "log_sum_exp", "log_mean_exp", "sample_gaussian", "GMVAE.negative_elbo_bound")},
+        "context": ("log_normal", "log_sum_exp", "log_mean_exp", "log_normal_mixture", "sample_gaussian",
+                    "GMVAE.negative_elbo_bound")},
 }
 FIGURE_TESTS = {"Training: NELBO": "nelbo", "Training: KL": "kl", "Training: Rec": "rec"}
 GRID_TEST = "Sample grid"
@@ -229,19 +231,19 @@ TOTALS = re.compile(r"^(\d+) passed, (\d+) failed$")
 class Capture:
     """A child's output stream, kept to its first and last KEEP_BYTES, with its verdict lines apart.
 
-    A line of the self-check's form (PASS/FAIL or the totals) is kept whole wherever it comes,
-    up to a few hundred of them; any other output only counts towards `total`, beyond the
-    head and tail kept.
+    The self-check's lines (PASS/FAIL and the totals) are kept whole, up to a few hundred,
+    even when the student's code printed without a newline just before one (the verdict then
+    ends that line); any other output only counts towards `other`, beyond the head and tail
+    kept.
     """
 
-    LONG = 4096  # a longer line is no verdict
+    LONG = 4096  # the most of a line looked at for a verdict: its end
 
     def __init__(self, verdicts=False):
         self.head, self.tail, self.total = bytearray(), bytearray(), 0
         self.verdicts = [] if verdicts else None
         self.other = 0  # bytes that are not verdict lines
         self._line = bytearray()
-        self._long = False
 
     def feed(self, data):
         self.total += len(data)
@@ -249,18 +251,12 @@ class Capture:
             self._keep(data)
             return
         for piece in data.splitlines(keepends=True):
-            if self._long:
-                self._keep(piece)
-            else:
-                self._line += piece
-                if len(self._line) > self.LONG:
-                    self._long = True
-                    self._keep(bytes(self._line))
-                    self._line.clear()
+            self._line += piece
+            if len(self._line) > 2 * self.LONG:  # only a line's end can hold a verdict
+                self._keep(bytes(self._line[:-self.LONG]))
+                del self._line[:-self.LONG]
             if piece.endswith((b"\n", b"\r")):
-                if not self._long:
-                    self._end_line()
-                self._long = False
+                self._end_line()
 
     def close(self):
         if self.verdicts is not None and self._line:
@@ -268,11 +264,15 @@ class Capture:
 
     def _end_line(self):
         text = self._line.decode("utf-8", errors="replace").rstrip("\r\n")
-        if (VERDICT.match(text) or TOTALS.match(text)) and len(self.verdicts) < 500:
-            self.verdicts.append(text)
-        else:
-            self._keep(bytes(self._line))
         self._line.clear()
+        starts = [m.start() for m in re.finditer(r"(?:PASS|FAIL)  |\d+ passed, \d+ failed$", text)]
+        at = next((i for i in reversed(starts) if VERDICT.match(text[i:]) or TOTALS.match(text[i:])), None)
+        if at is None or len(self.verdicts) >= 500:
+            self._keep((text + "\n").encode())
+            return
+        if at:
+            self._keep((text[:at] + "\n").encode())  # the student's unfinished line before it
+        self.verdicts.append(text[at:])
 
     def _keep(self, data):
         self.other += len(data)
@@ -486,7 +486,7 @@ def read_regular(path, limit=1 << 20):
 # The tests
 # ---------------------------------------------------------------------------------------------
 
-def test(name, score, output, **extra):
+def entry(name, score, output, **extra):
     """One entry of results.json's tests."""
     points = POINTS[name]
     score = round(min(max(score, 0.0), points), 2)
@@ -509,39 +509,62 @@ def printed(capture, what="Your code printed"):
     return f"\n\n{what} {size}:\n{text}"
 
 
-def grade_checks(name, spec, workdir, sandbox, timeout):
-    """A function test: the self-check's checks of `spec`, in one child, scored by the share passed."""
-    prefixes = spec["checks"] + spec["context"]
+def self_check(prefixes, workdir, sandbox, timeout):
+    """`python -m codebase.check --only ...` in the graded folder, as a sandboxed child."""
     argv = [sys.executable, "-m", "codebase.check"] + [a for p in prefixes for a in ("--only", p)]
-    outcome = run_child(argv, workdir, sandbox, timeout, child_env(workdir, sandbox.threads), verdicts=True)
+    return run_child(argv, workdir, sandbox, timeout, child_env(workdir, sandbox.threads), verdicts=True)
+
+
+def finished(outcome):
+    return not outcome.timed_out and any(TOTALS.match(v) for v in outcome.out.verdicts)
+
+
+def grade_checks(names, workdir, sandbox, timeout):
+    """The function tests, scored by the share of their checks that pass.
+
+    All of them come from one run of the self-check; if that run hangs or dies, the checks
+    after the culprit never ran, so each test then gets a run of its own, with its own limit.
+    """
+    specs = {name: CHECK_TESTS[name] for name in names}
+    prefixes = list(dict.fromkeys(p for spec in specs.values() for p in spec["checks"] + spec["context"]))
+    outcome = self_check(prefixes, workdir, sandbox, timeout)
+    if finished(outcome):
+        return [guarded(n, lambda: score_checks(n, spec, outcome, sandbox, timeout)) for n, spec in specs.items()]
+    return [guarded(n, lambda: score_checks(n, spec, self_check(spec["checks"] + spec["context"], workdir, sandbox,
+                                                                 timeout), sandbox, timeout))
+            for n, spec in specs.items()]
+
+
+def score_checks(name, spec, outcome, sandbox, timeout):
+    """A function test from a self-check run's lines: its own checks, and the failures of those it builds on."""
     lines = outcome.out.verdicts
-    own = [v for v in lines if VERDICT.match(v) and any(belongs(VERDICT.match(v)[2], p) for p in spec["checks"])]
-    context = [v for v in lines if VERDICT.match(v) and v not in own and v.startswith("FAIL")]
+    checks = [(v, VERDICT.match(v)[2]) for v in lines if VERDICT.match(v)]
+    own = [v for v, rest in checks if any(belongs(rest, p) for p in spec["checks"])]
+    context = [v for v, rest in checks if v not in own and v.startswith("FAIL")
+               and any(belongs(rest, p) for p in spec["context"])]
     totals = [TOTALS.match(v) for v in lines if TOTALS.match(v)]
     shown = "\n".join(own)
     if context:
         shown += "\n\nFunctions it builds on that fail too (fix these first):\n" + "\n".join(context)
     extra = printed(outcome.out) + printed(outcome.err, "Error output")
     if outcome.timed_out:
-        done = [v for v in lines if VERDICT.match(v)]
-        last = f" (the last check that finished: {done[-1][:150]})" if done else ""
-        return test(name, 0, f"Timed out after {timeout:g} s{last}: is there an endless loop or a sleep in "
+        last = f" (the last check that finished: {checks[-1][0][:150]})" if checks else ""
+        return entry(name, 0, f"Timed out after {timeout:g} s{last}: is there an endless loop or a sleep in "
                              f"your code?\n\n{shown}{extra}")
     if not totals:
         why = describe_exit(outcome, sandbox)
-        return test(name, 0, f"The self-check stopped before it finished ({why}).\n\n{shown}{extra}")
-    ran = int(totals[-1][1]) + int(totals[-1][2])
-    if len([v for v in lines if VERDICT.match(v)]) != ran:
-        return test(name, 0, "The output holds more PASS/FAIL lines than the self-check ran, so some were "
-                             "printed by your code: graded 0. Do not print lines that begin with PASS or "
-                             f"FAIL.\n\n{shown}{extra}")
+        return entry(name, 0, f"The self-check stopped before it finished ({why}).\n\n{shown}{extra}")
+    if len(checks) != int(totals[-1][1]) + int(totals[-1][2]):
+        return entry(name, 0, "The self-check's PASS and FAIL lines do not add up to its totals: your code "
+                              "printed lines like them, or printed into them. Graded 0: do not print lines that "
+                              f"begin with PASS or FAIL.\n\n{shown}{extra}")
     if not own:
-        return test(name, 0, f"The self-check ran none of the checks of {name}: this is an error of the "
+        return entry(name, 0, f"The self-check ran none of the checks of {name}: this is an error of the "
                              f"autograder, not yours; staff will regrade.{extra}", status="failed")
     passed = sum(v.startswith("PASS") for v in own)
     head = (f"{passed} of {len(own)} checks passed." if passed < len(own) else
             f"All {len(own)} checks passed.")
-    return test(name, POINTS[name] * passed / len(own), f"{head}\n{shown}{extra}")
+    return entry(name, POINTS[name] * passed / len(own), f"{head}\n{shown}{extra}")
 
 
 def describe_exit(outcome, sandbox):
@@ -595,8 +618,8 @@ def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
     if failure:
         extra = printed(outcome.err, "The run's last output")
         for name in FIGURE_TESTS:
-            tests.append(test(name, 0, f"{failure}{extra}"))
-        tests.append(test(GRID_TEST, 0, "No sample grid: the training run did not finish."))
+            tests.append(entry(name, 0, f"{failure}{extra}"))
+        tests.append(entry(GRID_TEST, 0, "No sample grid: the training run did not finish."))
         return tests, None
     summary = ", ".join(f"{term_label(t)} {figures[t]:.2f}" for t in ("nelbo", "kl", "rec"))
     full = results.get("test_nelbo")
@@ -618,7 +641,7 @@ def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
         else:
             verdict = (f"{term_label(term)} {value:.2f} is far outside the accepted {low:g} to {high:g} "
                        "(or not a number): run python -m codebase.check and look at your training curve.")
-        tests.append(test(name, score, f"{verdict}\n{about}"))
+        tests.append(entry(name, score, f"{verdict}\n{about}"))
     tests.append(grade_grid(run_dir))
     return tests, figures
 
@@ -641,11 +664,11 @@ def grade_grid(run_dir):
             continue
         width, height = size
         if size == GRID_SIZE:
-            return test(GRID_TEST, POINTS[GRID_TEST], f"{grid}: {width} x {height} pixels, 10 rows of 20 "
+            return entry(GRID_TEST, POINTS[GRID_TEST], f"{grid}: {width} x {height} pixels, 10 rows of 20 "
                                                       "samples, as Problem 3.3 asks.")
-        return test(GRID_TEST, 0, f"{grid} is {width} x {height} pixels; a grid of 10 rows of 20 images of "
+        return entry(GRID_TEST, 0, f"{grid} is {width} x {height} pixels; a grid of 10 rows of 20 images of "
                                   f"28 x 28 is {GRID_SIZE[0]} x {GRID_SIZE[1]}.")
-    return test(GRID_TEST, 0, f"The run wrote no sample grid ({' or '.join(GRID_NAMES)}) in {run_dir.name}/.")
+    return entry(GRID_TEST, 0, f"The run wrote no sample grid ({' or '.join(GRID_NAMES)}) in {run_dir.name}/.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,9 +731,9 @@ def grade(submission, out, iter_max=GRADED_ITER, data_dir=None, threads=None, ch
         shutil.copytree(data_dir / "MNIST" / "raw", workdir / "data" / "MNIST" / "raw")
         data_dir = workdir / "data"
     try:
-        for name, spec in CHECK_TESTS.items():
-            if wanted(name):
-                tests.append(guarded(name, lambda: grade_checks(name, spec, workdir, sandbox, check_seconds)))
+        names = [name for name in CHECK_TESTS if wanted(name)]
+        if names:
+            tests += grade_checks(names, workdir, sandbox, check_seconds)
         if any(wanted(name) for name in (*FIGURE_TESTS, GRID_TEST)):
             ranges = accepted_ranges(test_ranges)
             try:
@@ -761,7 +784,7 @@ def guarded(name, make):
 
 def grader_failed(name, error):
     detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return test(name, 0, f"The autograder failed on this test ({detail}): an error of the autograder, "
+    return entry(name, 0, f"The autograder failed on this test ({detail}): an error of the autograder, "
                          "not of your code; staff will regrade.", status="failed")
 
 
@@ -782,6 +805,11 @@ def write_results(out, results):
 # Regrading a folder of submissions
 # ---------------------------------------------------------------------------------------------
 
+def worst_case_seconds(check_seconds, train_seconds):
+    """The longest a grading can take: the self-check, its reruns after a hang, training, and slack."""
+    return check_seconds * (len(CHECK_TESTS) + 1) + train_seconds + 120
+
+
 def submissions_in(folder):
     """{name: path} of the submissions in a folder: each subfolder and each zip."""
     found = {}
@@ -793,7 +821,7 @@ def submissions_in(folder):
     return found
 
 
-def batch(folder, out, jobs=None, pass_on=(), log=print):
+def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
     """Grade every submission in `folder`, one process and one thread each, `jobs` at once.
 
     Writes a results.json per submission into <out without .csv>/ and a row per submission
@@ -806,7 +834,7 @@ def batch(folder, out, jobs=None, pass_on=(), log=print):
     per_student = out.with_suffix("")
     per_student.mkdir(parents=True, exist_ok=True)
     jobs = jobs or len(os.sched_getaffinity(0))
-    limit = CHECK_SECONDS * len(CHECK_TESTS) + TRAIN_SECONDS + 300
+    limit = limit or worst_case_seconds(CHECK_SECONDS, TRAIN_SECONDS)
 
     def one(name, path):
         target = per_student / f"{name}.json"
@@ -951,7 +979,8 @@ def main(argv=None):
         pass_on += [a for t in args.only or () for a in ("--only", t)]
         if args.test_ranges:
             pass_on += ["--test-ranges", ",".join(f"{t}={lo}:{hi}" for t, (lo, hi) in args.test_ranges.items())]
-        batch(Path(args.folder), args.out, args.jobs, pass_on)
+        batch(Path(args.folder), args.out, args.jobs, pass_on,
+              worst_case_seconds(args.check_seconds, args.train_seconds))
         return 0
     out = Path(args.out)
     try:
