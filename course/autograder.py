@@ -638,9 +638,12 @@ def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
         elif score > 0:
             verdict = (f"{term_label(term)} {value:.2f} is outside the accepted {low:g} to {high:g}, but within "
                        f"{(high - low) / 2:g} of it: partial credit.")
+        elif math.isfinite(value):
+            verdict = (f"{term_label(term)} {value:.2f} is far outside the accepted {low:g} to {high:g}: run "
+                       "python -m codebase.check and look at your training curve (logs/<run>/metrics.csv).")
         else:
-            verdict = (f"{term_label(term)} {value:.2f} is far outside the accepted {low:g} to {high:g} "
-                       "(or not a number): run python -m codebase.check and look at your training curve.")
+            verdict = (f"{term_label(term)} is {value}, not a number: training diverged or a log-density "
+                       "underflowed; run python -m codebase.check.")
         tests.append(entry(name, score, f"{verdict}\n{about}"))
     tests.append(grade_grid(run_dir))
     return tests, figures
@@ -842,7 +845,8 @@ def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
                 "--threads", "1", *pass_on]
         try:
             done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-            problem = done.stderr.strip().splitlines()[-1] if done.returncode else ""
+            lines = done.stderr.strip().splitlines()
+            problem = (lines[-1] if lines else f"exit status {done.returncode}") if done.returncode else ""
         except subprocess.TimeoutExpired:
             problem = f"the grader itself ran over {limit} s"
         try:
