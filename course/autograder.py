@@ -11,7 +11,7 @@ What is graded (the points are in POINTS, the one table to edit):
 - a real training run of the submitted code in the graded setting (20,000 iterations, seed 0,
   CPU): NELBO, KL and Rec against codebase/reference.py's accepted ranges, with partial credit
   (see figure_score);
-- the 10 x 20 sample grid the run writes (280 x 560 pixels).
+- the 10 x 20 sample grid the run writes (560 pixels wide, 280 tall).
 
 Only two files are taken from a submission, codebase/utils.py and codebase/models/gmvae.py,
 found as loose files, in a codebase/ tree or anywhere in a whole repository (a folder or a
@@ -23,7 +23,9 @@ limit, a memory cap (RLIMIT_AS), a file-size cap and its output kept to a few kB
 grader is root (as on Gradescope), the children run as an unprivileged user (nobody), in a
 folder where they can write only logs/, checkpoints/ and a scratch home, so they cannot write
 results.json or change the grading code. This process never imports the submission (nor
-torch); it writes results.json itself, last.
+torch); it writes results.json itself, last. (Not through gradescope-utils: that runs unittest
+suites in the grader's own process, which is exactly what must not happen to student code, and
+results.json is a small JSON object.)
 """
 import argparse
 import concurrent.futures
@@ -744,7 +746,9 @@ def grade(submission, out, iter_max=GRADED_ITER, data_dir=None, threads=None, ch
             except Exception as e:  # a bug of the grader: say so, and grade the rest
                 run_tests, figures = [grader_failed(n, e) for n in (*FIGURE_TESTS, GRID_TEST)], None
             tests += [t for t in run_tests if wanted(t["name"])]
-            extra["figures"], extra["ranges"] = figures, ranges
+            # JSON has no nan: Gradescope would refuse the whole file.
+            extra["figures"] = {t: v if math.isfinite(v) else str(v) for t, v in (figures or {}).items()}
+            extra["ranges"] = ranges
             if test_ranges:
                 notes.append(f"Figures graded against TEST ranges {test_ranges}, not the course's.")
     finally:
@@ -798,7 +802,7 @@ def write_results(out, results):
         out.unlink()
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(results, f, indent=2, allow_nan=False)
         f.write("\n")
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)
