@@ -443,3 +443,13 @@ def test_batch_writes_a_row_per_submission_and_a_column_per_test(graded):
     assert float(answer["score"]) == 100 and float(answer["Training: NELBO"]) == 15
     assert float(rows[4]["score"]) == 0 and all(not r["problem"] for r in rows)
     assert "[6/6]" in graded["outputs"]["full"]
+
+
+@pytest.mark.full
+def test_the_zip_installs_with_its_own_setup_and_grades_the_model_answer_in_full():
+    """course/ci_full_grade.sh: setup.sh into a fresh venv, then 20,000 iterations of the model answer."""
+    out = subprocess.run(["bash", str(ROOT / "course" / "ci_full_grade.sh")], capture_output=True, text=True,
+                         timeout=1800)
+    print(out.stdout[-3000:])
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "score: 100 / 100" in out.stdout
