@@ -17,6 +17,7 @@ from codebase.train import Interrupted, NonFiniteLoss, make_optimizer, train, tr
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GRID_ROWS, GRID_COLS = 10, 20
+SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
 
 
 class DeviceError(RuntimeError):
@@ -163,7 +164,7 @@ def run(config, log=print):
 
     # Problem 3.3 asks for draws from p(x): binary images. The Bernoulli means of the same z
     # show what the model has learned without the pixel noise, so both grids are written.
-    binary, means = config.log_dir / "samples_binary.png", config.log_dir / "samples_means.png"
+    binary, means = config.log_dir / SAMPLES["binary"], config.log_dir / SAMPLES["means"]
     write_png_grid(binary, sample_binary(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
     write_png_grid(means, sample_means(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
     write_json(config.log_dir / "results.json", results)
