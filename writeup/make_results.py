@@ -219,7 +219,7 @@ def summary_section(runs):
     """The Markdown of the project README's region: each model's default run (seed 0)."""
     return table(["Command", "NELBO", "KL", "Rec", "NELBO, full test split", "Machine"], [
         [f"`python {RUN_SCRIPTS[m]}`", *(f"{runs[m][0][k]:.2f}" for k in ("nelbo", "kl", "rec", "test_nelbo")),
-         machine([runs[m][0]])] for m in MODELS])
+         machine([runs[m][0]])] for m in MODELS], align=[":---"] + ["---:"] * 4 + [":---"])
 
 
 def curves_png(metrics):
