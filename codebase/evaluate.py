@@ -103,3 +103,14 @@ def sample_means(model, n, device, seed=0):
     """Bernoulli means of p(x|z) for n draws z ~ p(z): tensor: (n, 784)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     return model.compute_sigmoid_given(model.sample_z(n, generator)).cpu()
+
+
+@torch.inference_mode()
+def sample_binary(model, n, device, seed=0):
+    """Binary draws x ~ p(x|z) for n draws z ~ p(z): tensor: (n, 784) in {0, 1}.
+
+    With the same seed as sample_means, the generator gives the same z first, so each
+    binary image is one Bernoulli draw from the means at the same place in that grid.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return model.sample_x(n, generator).cpu()

@@ -92,7 +92,7 @@ CHECK_TESTS = {
 FIGURE_TESTS = {"Training: NELBO": "nelbo", "Training: KL": "kl", "Training: Rec": "rec"}
 GRID_TEST = "Sample grid"
 # The binary-sample grid, or (in older starters) the grid of Bernoulli means.
-GRID_NAMES = ("samples_binary.png", "samples.png")
+GRID_NAMES = ("samples_binary.png",)
 GRID_SIZE = (560, 280)  # width, height: 20 x 10 images of 28 x 28
 
 # The files a student writes, and the short names they may upload them under.

@@ -617,7 +617,7 @@ def test_a_closed_stdout_is_not_an_error_of_the_run(small_run, tmp_path, monkeyp
     config = copy_of(small_run, tmp_path).but(train=False)
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert exit_code(lambda: run(config)) == 0
-    assert (config.log_dir / "results.json").is_file() and (config.log_dir / "samples.png").is_file()
+    assert (config.log_dir / "results.json").is_file() and (config.log_dir / "samples_binary.png").is_file()
 
 
 def test_sighup_saves_a_checkpoint_and_exits_129(tmp_path, monkeypatch, capsys):
