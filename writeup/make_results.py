@@ -246,9 +246,9 @@ def curves_png(metrics):
 
 def load_model(config, device):
     """The run's model at config.iter_max, in evaluation mode."""
-    state = checkpoint.load(checkpoint.path_for(config.checkpoint_dir, config.iter_max), config.architecture, device)
     model = make_model(config).to(device)
-    model.load_state_dict(state["model"])
+    checkpoint.load_model(model, checkpoint.path_for(config.checkpoint_dir, config.iter_max), config.architecture,
+                          device)
     return model.eval()
 
 
