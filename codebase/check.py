@@ -4,20 +4,14 @@
     python -m codebase.check --only kl    # only the checks whose name contains "kl"
     python -m codebase.check --results    # the trained models' figures (codebase/results_check.py)
 
-Each check runs a function of codebase/ on fixed inputs and seeds and compares its result (and,
-for the bounds, their gradients) with an independent float64 reference: torch.distributions and
-torch.logsumexp. It prints `PASS  <check>` or `FAIL  <check>: expected ..., got ...; likely
-cause: ...`, then `N passed, N failed`; the exit status is 0 when every check passes, 1 otherwise.
-A wrong value is compared with the values that the usual mistakes (codebase/mistakes.py) give,
-to name the likely one; for any other mistake the line says what is off, by how much and which way.
+Each check runs a function of codebase/ as it is now on fixed inputs, and compares its values (for
+the bounds, also their gradients) with a float64 reference built on torch.distributions and
+torch.logsumexp. A wrong value is matched against the usual mistakes (codebase/mistakes.py) to name
+the likely cause; for any other mistake the FAIL line says what is off, by how much and which way.
 
-The checks judge the maths, not the random-number plumbing: torch's global random state is
-seeded like the generator a bound is given, so a bound that ignores `generator=` draws the same
-z as the reference. A bound that draws z in another order (a loop over the samples, a second z
-for the KL) is compared over FALLBACK_DRAWS draws, paired by seed.
-
-The checks import whatever is in codebase/ now: they test your code and nothing else. In code,
-`verdict(check)` gives the line of one of CHECKS without printing, and never raises.
+The bounds are judged on their maths, not on how they draw z: torch's global random state is seeded
+like the generator they are given, and a bound that draws z in another order (a loop, a second z
+for the KL) is compared over FALLBACK_DRAWS draws paired by seed.
 """
 import argparse
 import copy
@@ -26,6 +20,7 @@ import math
 import sys
 import traceback
 import warnings
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -799,34 +794,30 @@ class Verdict(NamedTuple):
 
 def _function_checks():
     """Every check of the functions a student writes, callees before callers."""
+    far = "log_normal: far points, tiny variances"
+    # (name, check, needs): each tests the function its name begins with.
+    checks = [Check(name, run, name.split(":")[0], needs) for name, run, needs in [
+        ("log_normal", check_log_normal, ()),
+        (far, check_log_normal_extremes, ()),
+        ("log_sum_exp", check_log_sum_exp, ()),
+        ("log_mean_exp", check_log_mean_exp, ("log_sum_exp",)),
+        ("log_normal_mixture", check_log_normal_mixture, ("log_normal", "log_mean_exp")),
+        ("log_normal_mixture: far points, tiny variances", check_log_normal_mixture_extremes, ("log_mean_exp", far)),
+        ("sample_gaussian", check_sample_gaussian, ()),
+        ("kl_normal", check_kl_normal, ()),
+        ("gaussian_parameters", check_gaussian_parameters, ()),
+        ("log_bernoulli_with_logits", check_log_bernoulli_with_logits, ())]]
     encode = ("gaussian_parameters", "sample_gaussian", "log_bernoulli_with_logits")
-    checks = [
-        Check("log_normal", check_log_normal, "log_normal"),
-        Check("log_normal: far points, tiny variances", check_log_normal_extremes, "log_normal"),
-        Check("log_sum_exp", check_log_sum_exp, "log_sum_exp"),
-        Check("log_mean_exp", check_log_mean_exp, "log_mean_exp", ("log_sum_exp",)),
-        Check("log_normal_mixture", check_log_normal_mixture, "log_normal_mixture", ("log_normal", "log_mean_exp")),
-        Check("log_normal_mixture: far points, tiny variances", check_log_normal_mixture_extremes,
-              "log_normal_mixture", ("log_mean_exp", "log_normal: far points, tiny variances")),
-        Check("sample_gaussian", check_sample_gaussian, "sample_gaussian"),
-        Check("kl_normal", check_kl_normal, "kl_normal"),
-        Check("gaussian_parameters", check_gaussian_parameters, "gaussian_parameters"),
-        Check("log_bernoulli_with_logits", check_log_bernoulli_with_logits, "log_bernoulli_with_logits"),
-    ]
-    for kind, name in MODEL_LABELS.items():
-        prior = ("kl_normal",) if kind == "vae" else ("log_normal", "log_normal_mixture")
-        iwae_prior = ("log_normal", "log_mean_exp") + (("log_normal_mixture",) if kind == "gmvae" else ())
-        bounds = (f"{name}.negative_elbo_bound", f"{name}.negative_iwae_bound")
-        checks += [
-            Check(bounds[0], lambda k=kind: check_elbo(k), "negative_elbo_bound", encode + prior),
-            Check(bounds[1], lambda k=kind: check_iwae(k), "negative_iwae_bound", encode + iwae_prior),
-            Check(f"{name}: odd batch of {ODD_BATCH}", lambda k=kind: check_odd_batch(k), "negative_elbo_bound",
-                  bounds),
-            Check(f"{name}: IWAE-1 = NELBO on average", lambda k=kind: check_iwae_one(k), "negative_iwae_bound",
-                  bounds),
-            Check(f"{name}: IWAE falls with k (1, 10, 100)", lambda k=kind: check_iwae_falls(k),
-                  "negative_iwae_bound", bounds[1:]),
-        ]
+    for kind, label in MODEL_LABELS.items():
+        elbo, iwae = f"{label}.negative_elbo_bound", f"{label}.negative_iwae_bound"
+        mixture = ("log_normal_mixture",) if kind == "gmvae" else ()
+        elbo_needs = ("kl_normal",) if kind == "vae" else ("log_normal", "log_normal_mixture")
+        checks += [Check(name, partial(run, kind), target, needs) for name, run, target, needs in [
+            (elbo, check_elbo, "negative_elbo_bound", encode + elbo_needs),
+            (iwae, check_iwae, "negative_iwae_bound", encode + ("log_normal", "log_mean_exp") + mixture),
+            (f"{label}: odd batch of {ODD_BATCH}", check_odd_batch, "negative_elbo_bound", (elbo, iwae)),
+            (f"{label}: IWAE-1 = NELBO on average", check_iwae_one, "negative_iwae_bound", (elbo, iwae)),
+            (f"{label}: IWAE falls with k (1, 10, 100)", check_iwae_falls, "negative_iwae_bound", (iwae,))]]
     return checks
 
 
@@ -885,27 +876,17 @@ def run_checks(checks, log=print):
     return len(failed)
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="python -m codebase.check",
-        description="Check the functions of codebase/ against independent references and name the likely "
-                    "mistake; with --results, check the trained models' figures instead.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--results", action="store_true",
-                   help="check the newest logs/<run>/results.json of each model against the accepted ranges")
-    p.add_argument("--logs", default="logs", help="where the runs' folders are (for --results)")
-    p.add_argument("--only", action="append", metavar="TEXT",
-                   help="run only the checks whose name contains TEXT (repeatable)")
-    return p
-
-
 def main(argv=None):
-    """Run the checks that argv asks for and print their verdicts.
-
-    Returns:
-        status: int: 0 if every check passed, 1 otherwise
-    """
-    parser = build_parser()
+    """Run the checks that argv asks for and print their verdicts; returns 0 if all pass, else 1."""
+    parser = argparse.ArgumentParser(
+        prog="python -m codebase.check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Check the functions of codebase/ against independent references and name the likely "
+                    "mistake; with --results, check the trained models' figures instead.")
+    parser.add_argument("--results", action="store_true",
+                        help="check the newest logs/<run>/results.json of each model against the accepted ranges")
+    parser.add_argument("--logs", default="logs", help="where the runs' folders are (for --results)")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="run only the checks whose name contains TEXT (repeatable)")
     args = parser.parse_args(argv)
     if args.results:
         from codebase.results_check import results_checks  # it builds on this module
@@ -921,10 +902,9 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        failed = run_checks(checks, log=lambda line: print(line, flush=True))
+        return 1 if run_checks(checks, log=lambda line: print(line, flush=True)) else 0
     finally:
         torch.set_num_threads(threads)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
