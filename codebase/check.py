@@ -47,12 +47,8 @@ GRAD_RTOL = 1e-3  # float32 against float64 gradients differ by about 1e-5 of th
 
 
 class Failure(Exception):
-    """A check's verdict: what was expected and came instead, and the likely cause.
-
-    first: the failure comes before anything the check tests (an import error), so the
-    checks it builds on are no likelier a cause
-    """
-
+    """A FAIL: the message (expected ..., got ...) and the likely cause. first: it comes before what the
+    check tests (an import), so failing callees are no likelier a cause."""
     def __init__(self, message, cause=None, first=False):
         super().__init__(message)
         self.message, self.cause, self.first = message, cause, first
@@ -391,20 +387,14 @@ def check_log_bernoulli_with_logits():
 
 # --- The models' bounds: a fixed untrained model against float64 references on the same z ---
 
-_CACHE = None  # while run_checks runs, {key: value or the exception}: the models and draws are made once
+_CACHE = None  # {key: value} while run_checks runs, so that the models and draws are made once a run
 
 
 def _cached(key, make):
-    """make() once per run of the checks; an exception is remembered and raised again."""
     if _CACHE is None:
         return make()
     if key not in _CACHE:
-        try:
-            _CACHE[key] = make()
-        except Exception as e:
-            _CACHE[key] = e
-    if isinstance(_CACHE[key], Exception):
-        raise _CACHE[key]
+        _CACHE[key] = make()
     return _CACHE[key]
 
 
@@ -504,11 +494,10 @@ def _iwae_reference(kind, model64, x, seed, detach_z=False):
         "kl": {"iwae: kl sign": -want["kl"]}, "rec": {"iwae: rec sign": -want["rec"]}}, x.size(0))
 
 
-def _scalars(out, what, names, finite=True):
-    """The three results of a bound as {name: float64 0-dim tensor}; a Failure unless they are 0-dim
-    (and finite) tensors."""
+def _scalars(out, names, finite=True):
+    """A bound's three results as {name: float64 0-dim tensor}; a Failure unless 0-dim (finite) tensors."""
     if not isinstance(out, (tuple, list)) or len(out) != 3:
-        _fail(f"{what} to return three tensors ({', '.join(names)})",
+        _fail(f"the bound to return three tensors ({', '.join(names)})",
               f"{type(out).__name__}{f' of {len(out)}' if isinstance(out, (tuple, list)) else ''}",
               "bound: three values")
     for name, t in zip(names, out):
@@ -533,7 +522,7 @@ def _within(diffs, slack=2e-3):
     return bool(diffs.mean().abs() <= 5 * diffs.std() / math.sqrt(len(diffs)) + slack)
 
 
-def _judge(models, bound, reference, out, got, label):
+def _judge(models, bound, reference, out, got):
     """A bound's values on the reference's draw of z, then their gradients.
 
     Values off there are compared over other draws (_paired), in case the bound draws z in another
@@ -547,11 +536,11 @@ def _judge(models, bound, reference, out, got, label):
         if key:
             _fail(f"{n} = {_num(want[n])}", _num(got[n]), CAUSES[key].format(what=n))
     if off:
-        _paired(bound, reference, got, label)
+        _paired(bound, reference, got)
     _gradients(models, out[0], None if off else lambda detach_z: reference(SEED, detach_z)[0][next(iter(got))])
 
 
-def _paired(bound, reference, got, label):
+def _paired(bound, reference, got):
     """Values off on the reference's draw of z, compared over FALLBACK_DRAWS draws paired by seed.
 
     A bound that draws z in another order passes; a steady bias fails even when small, as the
@@ -559,7 +548,7 @@ def _paired(bound, reference, got, label):
     """
     seeds = range(SEED + 1, SEED + 1 + FALLBACK_DRAWS)
     with torch.no_grad():
-        mine = _stack([_scalars(_seeded(bound, s), label, tuple(got)) for s in seeds])
+        mine = _stack([_scalars(_seeded(bound, s), tuple(got)) for s in seeds])
         want, mistakes = (_stack(part) for part in zip(*map(reference, seeds)))
     off = {}
     for n, values in mine.items():
@@ -626,25 +615,24 @@ def _gradients(models, out, same_draw=None):
 def check_elbo(kind, batch=BATCH, image_seed=11):
     """negative_elbo_bound of the fixed model against its float64 reference, on the same draw of z."""
     model, model64 = models = _model(kind)
-    x, label = _images(batch, image_seed), f"{MODEL_LABELS[kind]}.negative_elbo_bound"
+    x = _images(batch, image_seed)
     bound = lambda generator: model.negative_elbo_bound(x, generator=generator)
     out = _seeded(bound, SEED)
-    got = _scalars(out, label, ("nelbo", "kl", "rec"))
+    got = _scalars(out, ("nelbo", "kl", "rec"))
     total = got["kl"] + got["rec"]
     _compare(f"nelbo = kl + rec = {_num(total)}", got["nelbo"], total, {
         "elbo: kl - rec": got["kl"] - got["rec"], "elbo: rec - kl": got["rec"] - got["kl"], "elbo: nelbo sign": -total},
         rtol=1e-5, atol=1e-4, otherwise="elbo: nelbo not the sum")
-    _judge(models, bound, partial(_elbo_reference, kind, model64, x), out, got, label)
+    _judge(models, bound, partial(_elbo_reference, kind, model64, x), out, got)
 
 
 def check_iwae(kind, batch=BATCH, image_seed=12):
     """negative_iwae_bound with IW samples against its float64 reference, on the same draws of z."""
     model, model64 = models = _model(kind)
-    x, label = _images(batch, image_seed), f"{MODEL_LABELS[kind]}.negative_iwae_bound"
+    x = _images(batch, image_seed)
     bound = lambda generator: model.negative_iwae_bound(x, IW, generator=generator)
     out = _seeded(bound, SEED)
-    _judge(models, bound, partial(_iwae_reference, kind, model64, x), out,
-           _scalars(out, label, ("niwae", "kl", "rec")), label)
+    _judge(models, bound, partial(_iwae_reference, kind, model64, x), out, _scalars(out, ("niwae", "kl", "rec")))
 
 
 def check_odd_batch(kind):
@@ -668,13 +656,10 @@ def _draws(kind, k):
     over draws paired by seed, for the k-dependence checks."""
 
     def make():
-        model, _ = _model(kind)
-        x = _images(BATCH, 14)
-        label = f"{MODEL_LABELS[kind]}.negative_{'iwae' if k else 'elbo'}_bound"
-        bound = (lambda x, generator: model.negative_iwae_bound(x, k, generator=generator)) if k else \
-            model.negative_elbo_bound
+        model, x = _model(kind)[0], _images(BATCH, 14)
+        bound = partial(model.negative_iwae_bound, x, k) if k else partial(model.negative_elbo_bound, x)
         with torch.no_grad():
-            return _stack([_scalars(_seeded(bound, 1000 + i, x), label, ("bound", "kl", "rec"), finite=False)
+            return _stack([_scalars(_seeded(bound, 1000 + i), ("bound", "kl", "rec"), finite=False)
                            for i in range(IWAE_REPEATS[k] if k else ELBO_REPEATS)])
 
     return _cached(("draws", kind, k), make)
@@ -709,9 +694,7 @@ def check_iwae_falls(kind):
           "iwae falls: " + ("underflow" if not finite else "flat" if flat else "not falling"))
 
 
-# ---------------------------------------------------------------------------------------------
-# The list of checks and the runner
-# ---------------------------------------------------------------------------------------------
+# --- The list of checks and the runner ---
 
 class Check(NamedTuple):
     """A named test of one function.
@@ -790,17 +773,13 @@ def verdict(check, failed=()):
     broken = [] if first else [n for n in check.needs if n in failed]
     if broken:
         # A wrong callee is the likelier cause, and it can mimic the signature of another mistake.
-        first = f"{', '.join(broken)} fail{'s' if len(broken) == 1 else ''} too (see above): fix that first"
-        cause = f"{first} (if that is not it: {cause})" if cause else first
+        callee = f"{', '.join(broken)} fail{'s' if len(broken) == 1 else ''} too (see above): fix that first"
+        cause = f"{callee} (if that is not it: {cause})" if cause else callee
     return Verdict(check.name, False, f"FAIL  {check.name}: {message}" + (f"; likely cause: {cause}" if cause else ""))
 
 
 def run_checks(checks, log=print):
-    """Run the checks in order and log one line each, then the totals.
-
-    Returns:
-        failed: int: the number of failed checks
-    """
+    """Log each check's line in order, then the totals; returns the number of failed checks."""
     global _CACHE
     _CACHE, failed = {}, []
     try:
