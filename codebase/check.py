@@ -301,19 +301,18 @@ def check_sample_gaussian():
     _compare(f"the mean of {n:,} draws", z.double().mean(0), m.double(),
              {"sample_gaussian: no mean": 0 * ones}, rtol=0, atol=0.05, match=(0.05, 0.05))
 
-    g = _gen(SEED + 6)
+    # The IWAE bound's case, m and v expanded to (iw, batch, dim), drawn twice from generators seeded alike.
+    g, shape = _gen(SEED + 6), (3, ODD_BATCH, Z_DIM)
     m = torch.randn(ODD_BATCH, Z_DIM, generator=g, requires_grad=True)
     v = (torch.rand(ODD_BATCH, Z_DIM, generator=g) + 0.1).requires_grad_()
-    a, b = ut.sample_gaussian(m, v, _gen(7)), ut.sample_gaussian(m, v, _gen(7))
-    if not isinstance(a, torch.Tensor) or not torch.equal(a, b):
-        _fail("the same draw from two generators seeded alike", "different draws", "sample_gaussian: generator")
-    shape = (3, ODD_BATCH, Z_DIM)  # the IWAE bound's: means expanded to (iw, batch, dim)
-    out = ut.sample_gaussian(m.detach().expand(shape), v.detach().expand(shape), _gen(8))
-    if out.shape != shape:
-        _fail(f"samples of shape {shape} for m and v of that shape", f"shape {_shape(out)}",
+    a, b = (ut.sample_gaussian(m.expand(shape), v.expand(shape), _gen(7)) for _ in range(2))
+    if a.shape != shape:
+        _fail(f"samples of shape {shape} for m and v of that shape", f"shape {_shape(a)}",
               "sample_gaussian: samples shape")
+    if not torch.equal(a, b):
+        _fail("the same draw from two generators seeded alike", "different draws", "sample_gaussian: generator")
     gm, gv = _grads(a, (m, v), ("m", "v"), "sample_gaussian: gradient nan")
-    if not (gm == 1).all() or not (gv != 0).all():
+    if not (gm == shape[0]).all() or not (gv != 0).all():
         _fail("gradients that reach m and v (reparameterisation)", "zero or wrong gradients",
               "sample_gaussian: not reparameterised")
 
@@ -387,15 +386,19 @@ def check_log_bernoulli_with_logits():
 
 # --- The models' bounds: a fixed untrained model against float64 references on the same z ---
 
-_CACHE = None  # {key: value} while run_checks runs, so that the models and draws are made once a run
+_CACHE = None  # {(function, args): value} while run_checks runs
 
 
-def _cached(key, make):
-    if _CACHE is None:
-        return make()
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
+def _once_a_run(make):
+    """make(*args) once per run of the checks, so that the models and draws are made once; every time
+    outside a run, as the code under test may change between calls."""
+    def cached(*args):
+        if _CACHE is None:
+            return make(*args)
+        if (make, args) not in _CACHE:
+            _CACHE[make, args] = make(*args)
+        return _CACHE[make, args]
+    return cached
 
 
 def _images(n, seed):
@@ -403,27 +406,24 @@ def _images(n, seed):
     return torch.bernoulli(torch.rand(n, 784, generator=g) * 0.5, generator=g)
 
 
+@_once_a_run
 def _model(kind):
     """The fixed untrained model of a kind and its float64 twin, which the references use."""
-
-    def make():
-        models = _student("models")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = models.make_model(SimpleNamespace(model=kind, z=Z_DIM, k=K))
-        if kind == "gmvae":
-            if getattr(model, "z_pre", None) is None or tuple(model.z_pre.shape) != (1, 2 * K, Z_DIM):
-                _fail(f"GMVAE.z_pre of shape (1, {2 * K}, {Z_DIM})",
-                      str(getattr(getattr(model, "z_pre", None), "shape", "none")), "GMVAE: z_pre")
-            # At initialisation all k components sit at 0 with one variance, so the mixture is a
-            # single Gaussian and mistakes between components would go unseen: spread them out.
-            g = _gen(SEED + 10)
-            with torch.no_grad():
-                model.z_pre.copy_(torch.cat([torch.randn(1, K, Z_DIM, generator=g),
-                                             torch.randn(1, K, Z_DIM, generator=g) * 0.5], dim=1))
-        return model, copy.deepcopy(model).double()
-
-    return _cached(("model", kind), make)
+    models = _student("models")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = models.make_model(SimpleNamespace(model=kind, z=Z_DIM, k=K))
+    if kind == "gmvae":
+        if getattr(model, "z_pre", None) is None or tuple(model.z_pre.shape) != (1, 2 * K, Z_DIM):
+            _fail(f"GMVAE.z_pre of shape (1, {2 * K}, {Z_DIM})",
+                  str(getattr(getattr(model, "z_pre", None), "shape", "none")), "GMVAE: z_pre")
+        # At initialisation all k components sit at 0 with one variance, so the mixture is a
+        # single Gaussian and mistakes between components would go unseen: spread them out.
+        g = _gen(SEED + 10)
+        with torch.no_grad():
+            model.z_pre.copy_(torch.cat([torch.randn(1, K, Z_DIM, generator=g),
+                                         torch.randn(1, K, Z_DIM, generator=g) * 0.5], dim=1))
+    return model, copy.deepcopy(model).double()
 
 
 def _terms(kind, model64, x, eps, detach_z=False):
@@ -651,18 +651,15 @@ def check_odd_batch(kind):
                   f"{BATCH})", first_line(e), "bound: hard-coded 100")
 
 
+@_once_a_run
 def _draws(kind, k):
     """{bound, kl, rec: tensor: (draws,)}: the fixed model's NELBO (k = 0) or IWAE-k bound on one batch,
     over draws paired by seed, for the k-dependence checks."""
-
-    def make():
-        model, x = _model(kind)[0], _images(BATCH, 14)
-        bound = partial(model.negative_iwae_bound, x, k) if k else partial(model.negative_elbo_bound, x)
-        with torch.no_grad():
-            return _stack([_scalars(_seeded(bound, 1000 + i), ("bound", "kl", "rec"), finite=False)
-                           for i in range(IWAE_REPEATS[k] if k else ELBO_REPEATS)])
-
-    return _cached(("draws", kind, k), make)
+    model, x = _model(kind)[0], _images(BATCH, 14)
+    bound = partial(model.negative_iwae_bound, x, k) if k else partial(model.negative_elbo_bound, x)
+    with torch.no_grad():
+        return _stack([_scalars(_seeded(bound, 1000 + i), ("bound", "kl", "rec"), finite=False)
+                       for i in range(IWAE_REPEATS[k] if k else ELBO_REPEATS)])
 
 
 def check_iwae_one(kind):
