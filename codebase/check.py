@@ -115,12 +115,9 @@ def _compare(what, got, want, mistakes={}, where="", rtol=1e-7, atol=1e-7, nonfi
              match=(1e-3, 1e-3)):
     """Raise a Failure unless `got` equals the float64 reference `want`.
 
-    Args:
-        what, where: str: the value and its inputs in the message, e.g. "log_normal(x, m, v)", "for x of ..."
-        mistakes: {key of CAUSES: value}: the usual mistakes, most specific first, recognised to within
-            match = (rtol, atol)
-        nonfinite, otherwise: keys of CAUSES: the cause of nan or inf where `want` is finite, and of any
-            other difference (None: say how far off the values are)
+    what, where: the value and its inputs as the message names them, e.g. "log_normal(x, m, v)", "for x ..."
+    mistakes: {key of CAUSES: value}, most specific first, recognised to within match = (rtol, atol)
+    nonfinite, otherwise: keys of CAUSES for nan or inf where `want` is finite, and for any other difference
     """
     where = f" {where}" if where else ""
     if not isinstance(got, torch.Tensor):
@@ -386,7 +383,7 @@ def check_log_bernoulli_with_logits():
 
 # --- The models' bounds: a fixed untrained model against float64 references on the same z ---
 
-_CACHE = None  # {(function, args): value} while run_checks runs
+_CACHE = None  # {(function, args): value} while main runs the checks
 
 
 def _once_a_run(make):
@@ -456,12 +453,8 @@ def _with_batch_mistakes(want, mistakes, batch):
 
 
 def _elbo_reference(kind, model64, x, seed, detach_z=False):
-    """The float64 nelbo, kl and rec on the draw of z from `seed`, and the usual mistakes.
-
-    Returns:
-        want: {term: 0-dim tensor, with its graph}
-        mistakes: {term: {key of CAUSES: that mistake's value}}
-    """
+    """want: {term: 0-dim tensor with its graph}: the float64 nelbo, kl and rec on the draw of z from
+    `seed`; mistakes: {term: {key of CAUSES: value}}: the usual mistakes' values."""
     t = _terms(kind, model64, x, torch.randn(x.size(0), Z_DIM, generator=_gen(seed)), detach_z)
     kl_mc, rec = (t["log_q"] - t["log_p"]).mean(), -t["log_px"].mean()
     if kind == "vae":
@@ -523,11 +516,8 @@ def _within(diffs, slack=2e-3):
 
 
 def _judge(models, bound, reference, out, got):
-    """A bound's values on the reference's draw of z, then their gradients.
-
-    Values off there are compared over other draws (_paired), in case the bound draws z in another
-    order; the gradients can then only be checked to reach every part of the model.
-    """
+    """A bound's values on the reference's draw of z, then their gradients. Values off there are compared
+    over other draws (_paired), in case the bound draws z in another order."""
     want, mistakes = reference(SEED)
     off = [n for n in got if not torch.isclose(got[n], want[n].detach(), rtol=1e-5, atol=1e-3)]
     for n in off:
@@ -541,11 +531,8 @@ def _judge(models, bound, reference, out, got):
 
 
 def _paired(bound, reference, got):
-    """Values off on the reference's draw of z, compared over FALLBACK_DRAWS draws paired by seed.
-
-    A bound that draws z in another order passes; a steady bias fails even when small, as the
-    differences of draws paired by seed are then nearly constant.
-    """
+    """Values off on the reference's draw of z, compared over draws paired by seed: a bound that draws z
+    in another order passes, and a steady bias fails even when small, as the differences barely vary."""
     seeds = range(SEED + 1, SEED + 1 + FALLBACK_DRAWS)
     with torch.no_grad():
         mine = _stack([_scalars(_seeded(bound, s), tuple(got)) for s in seeds])
@@ -744,10 +731,8 @@ CHECKS = _function_checks()
 
 
 def verdict(check, failed=()):
-    """The verdict of one check, printed nowhere; never raises (but for KeyboardInterrupt).
-
-    failed: names of checks that failed before, which the FAIL line names as likelier causes
-    """
+    """The verdict of one check, printed nowhere; never raises (but for KeyboardInterrupt). failed: the
+    checks that failed before, which the FAIL line names as likelier causes."""
     dtype = torch.get_default_dtype()
     try:
         # Whatever the student's code does to torch's random state, grad mode or warnings stays here.
@@ -775,22 +760,6 @@ def verdict(check, failed=()):
     return Verdict(check.name, False, f"FAIL  {check.name}: {message}" + (f"; likely cause: {cause}" if cause else ""))
 
 
-def run_checks(checks, log=print):
-    """Log each check's line in order, then the totals; returns the number of failed checks."""
-    global _CACHE
-    _CACHE, failed = {}, []
-    try:
-        for check in checks:
-            v = verdict(check, failed)
-            if not v.passed:
-                failed.append(check.name)
-            log(v.line)
-    finally:
-        _CACHE = None
-    log(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
-    return len(failed)
-
-
 def main(argv=None):
     """Run the checks that argv asks for and print their verdicts; returns 0 if all pass, else 1."""
     parser = argparse.ArgumentParser(
@@ -814,12 +783,20 @@ def main(argv=None):
             parser.error(f"no check's name contains {' or '.join(map(repr, args.only))}")
     # The checks are many small tensor operations: on a CPU shared with training, extra
     # threads spin against the busy cores and run them tens of times slower.
-    threads = torch.get_num_threads()
+    global _CACHE
+    _CACHE, failed, threads = {}, [], torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return 1 if run_checks(checks, log=lambda line: print(line, flush=True)) else 0
+        for check in checks:
+            v = verdict(check, failed)
+            if not v.passed:
+                failed.append(check.name)
+            print(v.line, flush=True)
     finally:
+        _CACHE = None
         torch.set_num_threads(threads)
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
