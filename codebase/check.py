@@ -285,8 +285,8 @@ def check_sample_gaussian():
     m, v = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.25, 4.0, 9.0])
     z = ut.sample_gaussian(m.expand(n, 3), v.expand(n, 3), _gen(SEED + 5))
     if not isinstance(z, torch.Tensor) or z.shape != (n, 3):
-        _fail(f"samples of shape ({n}, 3)", f"shape {_shape(z)}" if isinstance(z, torch.Tensor) else type(z).__name__,
-              "sample_gaussian: shape")
+        got = f"shape {_shape(z)}" if isinstance(z, torch.Tensor) else type(z).__name__
+        _fail(f"samples of shape ({n}, 3)", got, "sample_gaussian: shape")
     if z.dtype != m.dtype:
         _fail("float32 samples for float32 m and v", str(z.dtype), "sample_gaussian: dtype")
     # The sample variance is within 2% (6 sd) and the mean within 0.05 (7 sd). The variance goes
@@ -349,7 +349,8 @@ def check_gaussian_parameters():
         _compare("m", got[0], first, {
             "gaussian_parameters: swapped": second,
             "gaussian_parameters: interleaved": h64.unflatten(dim, (-1, 2)).unbind(dim if dim < 0 else dim + 1)[0],
-            "gaussian_parameters: ignores dim": torch.split(h64, h.size(-1) // 2, dim=-1)[0]}, where=where, atol=atol)
+            "gaussian_parameters: ignores dim": torch.split(h64, h.size(-1) // 2, dim=-1)[0]},
+            where=where, atol=atol)
         _compare("v", got[1], F.softplus(second) + 1e-8, {
             "gaussian_parameters: no floor": F.softplus(second), "gaussian_parameters: exp": second.exp(),
             "gaussian_parameters: no softplus": second}, where=where, rtol=1e-6, atol=atol, match=(1e-3, 1e-12),
@@ -373,7 +374,8 @@ def check_log_bernoulli_with_logits():
     # Logits of +-1e4 and +-100 in float32, each against x = 0 and x = 1: all finite in log space.
     x = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]]).expand(2, 8)
     logits = torch.tensor([[1e4, 1e4, -1e4, -1e4, 100.0, 100.0, -100.0, -100.0]]).repeat(2, 1).requires_grad_()
-    got, l64, where = ut.log_bernoulli_with_logits(x, logits), logits.detach().double(), "for logits of +-1e4, +-100"
+    got, l64 = ut.log_bernoulli_with_logits(x, logits), logits.detach().double()
+    where = "for logits of +-1e4 and +-100 (float32)"
     _compare("log_bernoulli_with_logits(x, logits)", got, bernoulli(l64).log_prob(x.double()).sum(-1), rtol=1e-6,
              atol=1e-4, where=where, nonfinite="log_bernoulli_with_logits: log of sigmoid")
     (grad,) = _grads(got, (logits,), ("logits",), "log_bernoulli_with_logits: gradient nan")
@@ -459,7 +461,8 @@ def _elbo_reference(kind, model64, x, seed, detach_z=False):
     kl_mc, rec = (t["log_q"] - t["log_p"]).mean(), -t["log_px"].mean()
     if kind == "vae":
         kl = t["kl_closed"].mean()
-        kl_mistakes = {"VAE: kl sign": -kl, "VAE: kl swapped": t["kl_swapped"].mean(), "VAE: kl by one sample": kl_mc}
+        kl_mistakes = {"VAE: kl sign": -kl, "VAE: kl swapped": t["kl_swapped"].mean(),
+                       "VAE: kl by one sample": kl_mc}
     else:
         kl = kl_mc
         kl_mistakes = {"GMVAE: kl sign": -kl, "GMVAE: log k": kl - math.log(K),
@@ -556,9 +559,6 @@ def _paired(bound, reference, got):
               + (f"; {' and '.join(fine)} match{'es' if len(fine) == 1 else ''}" if fine else ""))
 
 
-CUT = {"the encoder": "bound: encoder cut", "the decoder": "bound: decoder cut", "the prior (z_pre)": "GMVAE: prior cut"}
-
-
 def _flat_grads(out, model):
     """{part of the model: the gradient of `out` with respect to its parameters, flattened (zero where none)}."""
     parts = {"the encoder": list(model.enc.parameters()), "the decoder": list(model.dec.parameters())}
@@ -577,9 +577,11 @@ def _gradients(models, out, same_draw=None):
         _fail("a bound that gradients can flow through", "a detached result", "detached")
     model, model64 = models
     got = _flat_grads(out, model)
+    cut = {"the encoder": "bound: encoder cut", "the decoder": "bound: decoder cut",
+           "the prior (z_pre)": "GMVAE: prior cut"}
     for part, g in got.items():
         if not (g != 0).any():
-            _fail(f"a gradient with respect to {part}", "none (zero)", CUT[part])
+            _fail(f"a gradient with respect to {part}", "none (zero)", cut[part])
     if same_draw is None:
         return
     want = _flat_grads(same_draw(False), model64)
@@ -608,7 +610,8 @@ def check_elbo(kind, batch=BATCH, image_seed=11):
     got = _scalars(out, ("nelbo", "kl", "rec"))
     total = got["kl"] + got["rec"]
     _compare(f"nelbo = kl + rec = {_num(total)}", got["nelbo"], total, {
-        "elbo: kl - rec": got["kl"] - got["rec"], "elbo: rec - kl": got["rec"] - got["kl"], "elbo: nelbo sign": -total},
+        "elbo: kl - rec": got["kl"] - got["rec"], "elbo: rec - kl": got["rec"] - got["kl"],
+        "elbo: nelbo sign": -total},
         rtol=1e-5, atol=1e-4, otherwise="elbo: nelbo not the sum")
     _judge(models, bound, partial(_elbo_reference, kind, model64, x), out, got)
 
@@ -700,7 +703,7 @@ class Verdict(NamedTuple):
 
 def _function_checks():
     """Every check of the functions a student writes, callees before callers."""
-    far = "log_normal: far points, tiny variances"
+    far, mixture_far = "log_normal: far points, tiny variances", "log_normal_mixture: far points, tiny variances"
     # (name, check, needs): each tests the function its name begins with.
     checks = [Check(name, run, name.split(":")[0], needs) for name, run, needs in [
         ("log_normal", check_log_normal, ()),
@@ -708,7 +711,7 @@ def _function_checks():
         ("log_sum_exp", partial(check_reduction, "log_sum_exp"), ()),
         ("log_mean_exp", partial(check_reduction, "log_mean_exp"), ("log_sum_exp",)),
         ("log_normal_mixture", check_log_normal_mixture, ("log_normal", "log_mean_exp")),
-        ("log_normal_mixture: far points, tiny variances", check_log_normal_mixture_extremes, ("log_mean_exp", far)),
+        (mixture_far, check_log_normal_mixture_extremes, ("log_mean_exp", far)),
         ("sample_gaussian", check_sample_gaussian, ()),
         ("kl_normal", check_kl_normal, ()),
         ("gaussian_parameters", check_gaussian_parameters, ()),
@@ -757,7 +760,8 @@ def verdict(check, failed=()):
         # A wrong callee is the likelier cause, and it can mimic the signature of another mistake.
         callee = f"{', '.join(broken)} fail{'s' if len(broken) == 1 else ''} too (see above): fix that first"
         cause = f"{callee} (if that is not it: {cause})" if cause else callee
-    return Verdict(check.name, False, f"FAIL  {check.name}: {message}" + (f"; likely cause: {cause}" if cause else ""))
+    cause = f"; likely cause: {cause}" if cause else ""
+    return Verdict(check.name, False, f"FAIL  {check.name}: {message}{cause}")
 
 
 def main(argv=None):
