@@ -435,13 +435,13 @@ def _terms(kind, model64, x, eps, detach_z=False):
     z = m + v.sqrt() * eps.to(F64)
     z = z.detach() if detach_z else z
     q, std = Normal(m, v.sqrt()), Normal(torch.zeros_like(m), torch.ones_like(m))
-    log_p_std = Independent(std, 1).log_prob(z)
+    log_p = log_p_std = Independent(std, 1).log_prob(z)
     if kind == "gmvae":
         pre = model64.z_pre[0]
         log_p = _reference_mixture(z, pre[:K], F.softplus(pre[K:]) + 1e-8)
     bern = lambda logits: Independent(Bernoulli(logits=logits, validate_args=False), 1).log_prob(x64)
     return {"log_px": bern(model64.dec.net(z)), "log_px_at_mean": bern(model64.dec.net(m)).expand(z.shape[:-1]),
-            "log_q": Independent(q, 1).log_prob(z), "log_p": log_p_std if kind == "vae" else log_p,
+            "log_q": Independent(q, 1).log_prob(z), "log_p": log_p,
             "log_p_std": log_p_std, "kl_closed": kl_divergence(q, std).sum(-1),
             "kl_swapped": kl_divergence(std, q).sum(-1)}
 
@@ -552,8 +552,9 @@ def _paired(bound, reference, got):
     if off:
         # The total follows from its terms: name the terms that are off, or else the total.
         shown = [n for n in off if n != next(iter(mine))] or list(off)
+        diffs = {n: mine[n] - want[n] for n in shown}
         said = [f"{n} is {abs(float(d.mean())):.3f} nats too {'high' if d.mean() > 0 else 'low'} "
-                f"(+-{float(d.std()):.3f} across the draws)" for n, d in ((n, mine[n] - want[n]) for n in shown)]
+                f"(+-{float(d.std()):.3f} across the draws)" for n, d in diffs.items()]
         fine = [n for n in mine if n not in off]
         _fail(off[shown[0]], _num(mine[shown[0]].mean()), f"not one of the usual mistakes: {', '.join(said)}"
               + (f"; {' and '.join(fine)} match{'es' if len(fine) == 1 else ''}" if fine else ""))
