@@ -1,9 +1,18 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Several workers share the cores: one thread each, for torch here and in every process a
+    # test starts (OpenMP threads that outnumber the cores run several times slower each).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 sys.path.insert(0, str(ROOT))
 
 from codebase.data import ensure_mnist  # noqa: E402

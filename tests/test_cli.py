@@ -113,8 +113,8 @@ def test_vae_main_returns_its_results(tmp_path, mnist_dir, monkeypatch):
 
 def test_progress_into_a_log_file_is_a_few_lines(tmp_path, mnist_dir, capfd):
     # stderr is a pipe here, as in a cluster job's log: the bar may print at start and end
-    # (and every 30 s), not at each of the 8 metrics rows of these 400 iterations.
-    out = run_script("run_vae.py", "--iter_max", "400", "--threads", "1", "--data-dir", str(mnist_dir),
+    # (and every 30 s), not at each of the 4 metrics rows of these 200 iterations.
+    out = run_script("run_vae.py", "--iter_max", "200", "--threads", "1", "--data-dir", str(mnist_dir),
                      cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     updates = re.split(r"[\r\n]+", out.stderr.strip())

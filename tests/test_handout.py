@@ -97,8 +97,10 @@ def test_no_line_of_a_stripped_region_and_no_proof_is_in_the_starter(starter):
     secret = stripped - given
     assert "return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)" in secret
     assert any("log_normal_mixture(z" in line for line in secret)
-    proofs = [normalised(line) for line in (ROOT / "writeup" / "README.md").read_text().splitlines()
-              if len(line.split()) >= 6]
+    writeup = (ROOT / "writeup" / "README.md").read_text()
+    # Problem 2's proofs; Problem 3.1 quotes the code, which the starter holds in part by design.
+    problem_2 = writeup[writeup.index("## Problem 2.1"):writeup.index("## Problem 3.1")]
+    proofs = [normalised(line) for line in problem_2.splitlines() if len(line.split()) >= 6]
     assert len(proofs) > 50
     for name, text in starter_texts(starter).items():
         lines = {normalised(line) for line in text.splitlines()}
