@@ -268,9 +268,10 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
     metrics = MetricsLog(config.log_dir / "metrics.csv", start, log)
     # In a log file (a cluster job) a line every 30 s is enough; a terminal gets a live bar.
     # With stderr closed (2>&-) there is no bar, and training goes on.
+    # (tqdm's monitor thread also prints after maxinterval, 10 s by default, without an update.)
+    interval = 0.1 if sys.stderr is not None and sys.stderr.isatty() else 30
     bar = tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True,
-               disable=sys.stderr is None,
-               mininterval=0.1 if sys.stderr is not None and sys.stderr.isatty() else 30)
+               disable=sys.stderr is None, mininterval=interval, maxinterval=max(interval, 10))
     order, it = None, start
     began = time.perf_counter()
 
