@@ -148,29 +148,49 @@ def _submission_entries(submission):
             entries[rel.as_posix()] = (lambda p=p: p.read_bytes(), p.stat().st_size)
         return entries
     if path.is_file() and zipfile.is_zipfile(path):
-        try:
-            archive = zipfile.ZipFile(path)
-            infos = archive.infolist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise SubmissionError(f"{path.name} is not a readable zip ({e})") from None
-        if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
-            raise SubmissionError(f"{path.name} unpacks to more than {MAX_UNZIPPED_BYTES >> 20} MB")
-        entries = {}
-        for info in infos:
-            name = info.filename.replace("\\", "/").lstrip("/")
-            parts = [p for p in name.split("/") if p not in ("", ".")]
-            link = stat.S_ISLNK(info.external_attr >> 16)
-            if info.is_dir() or link or ".." in parts or IGNORED_PARTS & set(parts):
-                continue
-            entries["/".join(parts)] = (lambda info=info: archive.read(info), info.file_size)
-        return entries
+        return _zip_entries(path, path.name)
     if path.exists():
         raise SubmissionError(f"{path} is neither a folder nor a zip")
     raise SubmissionError(f"{path} does not exist")
 
 
+def _zip_entries(file, name):
+    """_submission_entries of a zip: `file` is its path or a file object, `name` what messages call it."""
+    try:
+        archive = zipfile.ZipFile(file)
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise SubmissionError(f"{name} is not a readable zip ({e})") from None
+    if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
+        raise SubmissionError(f"{name} unpacks to more than {MAX_UNZIPPED_BYTES >> 20} MB")
+    entries = {}
+    for info in infos:
+        parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+        link = stat.S_ISLNK(info.external_attr >> 16)
+        if info.is_dir() or link or ".." in parts or IGNORED_PARTS & set(parts):
+            continue
+        entries["/".join(parts)] = (lambda info=info: archive.read(info), info.file_size)
+    return entries
+
+
+def _with_inner_zips(entries):
+    """entries, and the files of each zip among them as "<zip's path>/<path inside>": students upload
+    a folder that holds their zipped repository, or a zip of a zip. One level deep; an unreadable
+    inner zip is left as a file."""
+    found = dict(entries)
+    for name, (read, size) in entries.items():
+        if name.lower().endswith(".zip") and size <= MAX_UNZIPPED_BYTES:
+            try:
+                inner = _zip_entries(io.BytesIO(read()), name)
+            except SubmissionError:
+                continue
+            found |= {f"{name}/{inner_name}": entry for inner_name, entry in inner.items()}
+    return found
+
+
 def collect(submission):
-    """The student's two files from a submission: loose, in a codebase/ tree, or in a whole repo.
+    """The student's two files from a submission: loose, in a codebase/ tree, or in a whole repo,
+    which may itself be a zip inside the submission.
 
     For each file, a path ending in its full starter path (codebase/models/gmvae.py) is
     preferred to a bare name (gmvae.py), and a shallower one to a deeper one.
@@ -178,7 +198,7 @@ def collect(submission):
     Returns:
         found: Found
     """
-    entries = _submission_entries(submission)
+    entries = _with_inner_zips(_submission_entries(submission))
     found = Found()
     used = set()
     for target, short in STUDENT_FILES.items():

@@ -269,6 +269,21 @@ def test_the_two_files_are_found_loose_in_a_codebase_tree_or_in_a_zipped_reposit
                            "codebase/models/gmvae.py": "student-repo-main/codebase/models/gmvae.py"}
     assert found.files["codebase/utils.py"] == b"a = 1\n"
 
+    # The zipped repository inside the uploaded folder, and inside another zip: looked into.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(archive, folder / "my-repo.zip")
+    outer = zip_folder(folder, tmp_path / "outer.zip")
+    for submission in (folder, outer):
+        found = autograder.collect(submission)
+        assert found.where["codebase/utils.py"] == "my-repo.zip/student-repo-main/codebase/utils.py", submission
+        assert found.files["codebase/models/gmvae.py"] == b"b = 2\n" and not found.missing
+    (folder / "broken.zip").write_bytes(b"PK\3\4 not really a zip")  # an inner zip that fails is a mere file
+    write_files(folder, {"codebase/utils.py": "loose = 1\n"})  # nearer than the one in the zip
+    found = autograder.collect(folder)
+    assert found.files["codebase/utils.py"] == b"loose = 1\n"
+    assert found.where["codebase/models/gmvae.py"] == "my-repo.zip/student-repo-main/codebase/models/gmvae.py"
+
     only_one = write_files(tmp_path / "one", {"gmvae.py": "b = 2\n"})
     (only_one / "utils.py").symlink_to(ROOT / "course" / "autograder.py")  # a link is never followed
     found = autograder.collect(only_one)
