@@ -24,11 +24,17 @@ def pytest_addoption(parser):
                           "(the Gradescope-style grading with 20,000 iterations, a few minutes)")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (left out where there is none)")
+
+
 def pytest_collection_modifyitems(config, items):
-    # Deselected rather than skipped: a default run leaves them out and says how many.
-    if config.getoption("--full"):
-        return
-    left_out = [item for item in items if item.get_closest_marker("network") or item.get_closest_marker("full")]
+    # Deselected rather than skipped: a run leaves them out and says how many.
+    import torch
+
+    marks = set() if config.getoption("--full") else {"network", "full"}
+    marks |= set() if torch.cuda.is_available() else {"cuda"}
+    left_out = [item for item in items if any(item.get_closest_marker(mark) for mark in marks)]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if item not in left_out]

@@ -570,7 +570,7 @@ def test_a_cpu_checkpoint_is_mapped_for_a_gpu_optimizer_and_generator(small_run)
     assert torch.equal(generator.get_state(), state["rng"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_a_gpu_run_resumes_on_the_cpu_and_back(tmp_path, mnist_dir):
     base = Config(iter_max=20, iter_save=20, threads=1, device="cuda", data_dir=str(mnist_dir),
                   checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
