@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from codebase.check import Check, Failure
+from codebase.check_tools import Check, Failure
 from codebase.errors import first_line
 from codebase.reference import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
 
@@ -81,5 +81,8 @@ def check_results(logs, model):
 
 
 def results_checks(logs):
-    return [Check(f"results: {label}", lambda m=model: check_results(logs, m), "check_results")
-            for model, label in MODEL_LABELS.items()]
+    """A check for each model that has a run in `logs`, or for every model when none has: a student
+    who trains only the GMVAE, as the problem set asks, is not failed for the VAE."""
+    models = [model for model in MODEL_LABELS if newest_results(logs, model)] or list(MODEL_LABELS)
+    return [Check(f"results: {MODEL_LABELS[model]}", lambda m=model: check_results(logs, m), "check_results")
+            for model in models]

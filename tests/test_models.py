@@ -1,6 +1,6 @@
 """The VAE and GMVAE bounds: the self-check's checks against float64 references, and the models' parts.
 
-Each check of the self-check (codebase/check.py) compares a bound and its gradients with
+Each check of the self-check (codebase/check_bounds.py) compares a bound and its gradients with
 torch.distributions in float64 on the same draw of z, at batches of 100 and 97, and tests the
 IWAE bound's behaviour in k; here each one is a test. The tests below add batch sizes, the
 priors' parameters, sampling and the networks.

@@ -2,6 +2,10 @@
 accepted ranges of codebase/reference.py."""
 import json
 import os
+import subprocess
+import sys
+
+from conftest import ROOT
 
 from codebase import check
 from codebase.reference import accepted_range
@@ -62,7 +66,22 @@ def test_missing_or_unreadable_results_say_what_to_run(tmp_path, capsys):
     found, _ = verdicts(capsys)
     assert "cannot be read (JSONDecodeError" in found["GMVAE"][1]
     assert "run python run_gmvae.py again" in found["GMVAE"][1]
+    assert "VAE" not in found  # not trained: only the models that have a run are checked
+
+    assert check.main(["--results", "--logs", str(tmp_path / "empty")]) == 1
+    found, last = verdicts(capsys)
     assert "no results" in found["VAE"][1] and "run python run_vae.py" in found["VAE"][1]
+    assert "run python run_gmvae.py" in found["GMVAE"][1] and last == "0 passed, 2 failed"
+
+
+def test_python_m_codebase_check_results_gives_its_diagnosis(tmp_path):
+    write_results(tmp_path / "logs", "model=gmvae_z=10_k=500_run=0000", 110.0, 17.0)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-m", "codebase.check", "--results", "--logs", str(tmp_path / "logs")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and out.stderr == "", out.stderr
+    line = out.stdout.splitlines()[0]
+    assert line.startswith("FAIL  results: GMVAE: expected NELBO ") and "; likely cause: " in line, line
 
 
 def test_the_newest_run_counts_and_a_short_or_changed_one_is_explained(tmp_path, capsys):
