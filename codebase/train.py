@@ -232,6 +232,17 @@ def checkpoint_state(model, optimizer, generator, config, iteration, train_secon
     }
 
 
+def progress_bar(config, start, stream):
+    """The training's tqdm bar on `stream`: live in a terminal, a line every 30 s into a log file
+    (a cluster job), none with the stream closed (2>&-), while training goes on."""
+    interval = 0.1 if stream is not None and stream.isatty() else 30
+    # miniters=1: the bar looks at the clock on each update. tqdm's default guesses how many
+    # updates fit in the interval, and its monitor thread then forces an extra line when the
+    # guess runs long: two lines at once in a log file.
+    return tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True, file=stream,
+                disable=stream is None, mininterval=interval, miniters=1)
+
+
 def train(model, optimizer, data, config, device, generator, start=0, train_seconds=0.0, log=print):
     """Train from iteration `start` to config.iter_max, saving checkpoints on the way.
 
@@ -266,12 +277,7 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
     window = torch.zeros(config.log_every, 3, device=device)  # per-step stats since the last row
     window_start = start
     metrics = MetricsLog(config.log_dir / "metrics.csv", start, log)
-    # In a log file (a cluster job) a line every 30 s is enough; a terminal gets a live bar.
-    # With stderr closed (2>&-) there is no bar, and training goes on.
-    # (tqdm's monitor thread also prints after maxinterval, 10 s by default, without an update.)
-    interval = 0.1 if sys.stderr is not None and sys.stderr.isatty() else 30
-    bar = tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True,
-               disable=sys.stderr is None, mininterval=interval, maxinterval=max(interval, 10))
+    bar = progress_bar(config, start, sys.stderr)
     order, it = None, start
     began = time.perf_counter()
 

@@ -125,6 +125,28 @@ def test_progress_into_a_log_file_is_a_few_lines(tmp_path, mnist_dir, capfd):
     assert 1 <= len([u for u in updates if "model=vae_z=10_run=0000" in u]) <= 3, out.stderr
 
 
+def test_progress_into_a_log_file_is_one_line_every_30_seconds():
+    import io
+
+    from codebase.train import progress_bar
+
+    log = io.StringIO()  # not a terminal, as a cluster job's log
+    bar = progress_bar(Config(), 0, log)
+    clock = {"now": bar.start_t}
+    bar._time = lambda: clock["now"]
+    for _ in range(20000):  # 20,000 iterations at 180 per second: 111 s
+        clock["now"] += 1 / 180
+        bar.update(1)
+        # tqdm's monitor thread (real time, so not seen here) forces an extra line into a bar with
+        # miniters above 1 that has not printed for a while.
+        assert bar.miniters == 1
+    bar.close()
+    lines = [line for line in re.split(r"[\r\n]+", log.getvalue()) if line.strip()]
+    counts = [int(re.search(r"\| *(\d+)/20000", line).group(1)) for line in lines]
+    # The start, one line every 30 s (at 5,400, 10,800 and 16,200 iterations) and the end.
+    assert counts == [0, 5400, 10800, 16200, 20000], lines
+
+
 @pytest.mark.parametrize("env,requested,expected", [({"OMP_NUM_THREADS": "1"}, 0, 1), ({"OMP_NUM_THREADS": "3"}, 0, 3),
                                                     ({"OMP_NUM_THREADS": "1"}, 2, 2), ({}, 5, 5)])
 def test_threads_follow_the_flag_then_omp_num_threads(monkeypatch, env, requested, expected):
