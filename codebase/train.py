@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from codebase import checkpoint
-from codebase.files import AppendOnly, read_metrics, write_atomic
+from codebase.files import METRICS_COLUMNS, AppendOnly, read_metrics, write_atomic
 
 # Seeds are 0 to MAX_SEED: epoch_order seeds with seed * 100_003 + epoch, and
 # restart_stream with seed * 2**32 + iteration, both below torch's limit of 2**64.
@@ -188,8 +188,6 @@ class MetricsLog:
     lines that do not parse, and `log` names them.
     """
 
-    COLUMNS = ("iteration", "nelbo", "kl", "rec")
-
     def __init__(self, path, start, log=print):
         self.path = Path(path)
         rows = []
@@ -203,8 +201,8 @@ class MetricsLog:
             if dropped:
                 log(f"{self.path}: kept {len(rows)} rows up to iteration {start}; dropped line(s) "
                     f"{', '.join(map(str, dropped))}, which are not rows of numbers.")
-        kept = [",".join(self.COLUMNS) + "\n"] + [self.row(r["iteration"], [r[c] for c in self.COLUMNS[1:]])
-                                                  for r in rows]
+        kept = [",".join(METRICS_COLUMNS) + "\n"] + [self.row(r["iteration"], [r[c] for c in METRICS_COLUMNS[1:]])
+                                                      for r in rows]
         write_atomic(self.path, "".join(kept).encode())  # a crash here keeps the old rows
         self.file = AppendOnly(self.path)
 
