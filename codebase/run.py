@@ -244,21 +244,17 @@ def _run_lock(config):
     unlocked: there is nothing to protect, and its figures are printed before its
     files fail to be written.
     """
-    held = None
-    try:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
-        held = locked(config.log_dir / LOCK_NAME).__enter__()
-    except InUse as e:
-        raise FlagError(f"run {config.run_name} is in use by {e} (lock: {config.log_dir / LOCK_NAME}); "
-                        "wait for it to end, or choose another --run.") from None
-    except OSError:
-        if config.train:
-            raise
-    try:
+    with contextlib.ExitStack() as held:
+        try:
+            config.log_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(locked(config.log_dir / LOCK_NAME))
+        except InUse as e:
+            raise FlagError(f"run {config.run_name} is in use by {e} (lock: {config.log_dir / LOCK_NAME}); "
+                            "wait for it to end, or choose another --run.") from None
+        except OSError:
+            if config.train:
+                raise
         yield
-    finally:
-        if held is not None:
-            held.__exit__()
 
 
 def _run(config, device, log):
