@@ -99,10 +99,8 @@ CHILD = ("import json, sys; sys.path.insert(0, sys.argv[1]); from codebase.run i
 
 
 def run_missing(problems, log=print):
-    """Train each unusable run afresh (--overwrite), PARALLEL at a time with --threads 1 each.
-
-    Two runs with torch's default threads on two cores were measured 5 to 7 times slower each, as
-    their OpenMP threads spin against each other; with one thread each they ran about as fast as one.
+    """Train each unusable run afresh (--overwrite), PARALLEL at a time with --threads 1 each (runs
+    at once must share the cores: see codebase.run.cpu_threads).
 
     Returns:
         status: int: 0 if every run succeeded, else the first failing run's exit status
