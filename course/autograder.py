@@ -91,8 +91,8 @@ CHECK_TESTS = {
 }
 FIGURE_TESTS = {"Training: NELBO": "nelbo", "Training: KL": "kl", "Training: Rec": "rec"}
 GRID_TEST = "Sample grid"
-# The binary-sample grid, or (in older starters) the grid of Bernoulli means.
-GRID_NAMES = ("samples_binary.png",)
+# The binary-sample grid: codebase.run.SAMPLES["binary"], named here because the grader does not import torch.
+GRID_NAME = "samples_binary.png"
 GRID_SIZE = (560, 280)  # width, height: 20 x 10 images of 28 x 28
 
 # The files a student writes, and the short names they may upload them under.
@@ -110,8 +110,10 @@ KEEP_BYTES = 2048  # of a child's other output: this much of the start and of th
 MAX_SOURCE_BYTES = 1 << 20  # a student file larger than this is refused
 MAX_UNZIPPED_BYTES = 512 << 20  # a submission zip larger than this, unpacked, is refused
 SANDBOX_USER = "nobody"
-# The grading code, hashed before and after the student's code runs.
+# The grading code, which the zip holds beside the starter.
 GRADER_FILES = ("course/__init__.py", "course/autograder.py", "course/gradescope/requirements.txt")
+# Hashed before and after the student's code runs: the grading code and the project modules it imports.
+HASHED_FILES = GRADER_FILES + ("codebase/config.py", "codebase/reference.py")
 IGNORED_PARTS = {"__MACOSX", ".git", "__pycache__", ".ipynb_checkpoints"}
 
 
@@ -200,7 +202,6 @@ def collect(submission):
     """
     entries = _with_inner_zips(_submission_entries(submission))
     found = Found()
-    used = set()
     for target, short in STUDENT_FILES.items():
         full = [n for n in entries if n == target or n.endswith("/" + target)]
         bare = [n for n in entries if n == short or n.endswith("/" + short)]
@@ -224,8 +225,7 @@ def collect(submission):
             found.missing.append(target)
             continue
         found.files[target], found.where[target] = data, name
-        used.add(name)
-    found.ignored = len([n for n in entries if n not in used])
+    found.ignored = len(entries) - len(found.where)
     return found
 
 
@@ -319,7 +319,6 @@ class Capture:
 class Outcome:
     returncode: int  # negative: killed by that signal
     timed_out: bool
-    seconds: float
     out: Capture
     err: Capture
 
@@ -435,7 +434,7 @@ def run_child(argv, cwd, sandbox, timeout, env, verdicts=False):
         proc.stdout.close()
         proc.stderr.close()
         out.close()
-    return Outcome(proc.returncode, timed_out, time.monotonic() - began, out, err)
+    return Outcome(proc.returncode, timed_out, out, err)
 
 
 def child_env(workdir, threads):
@@ -501,7 +500,7 @@ def read_regular(path, limit=1 << 20):
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
-        return f.read(limit + 1)[:limit + 1]
+        return f.read(limit + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,11 +614,11 @@ def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
     """The training run: the three figure tests and the grid test."""
     for name in ("logs", "checkpoints"):
         reset_writable(workdir / name, sandbox)  # nothing a check child wrote may pose as the run's output
-    argv = [sys.executable, "run_gmvae.py", "--iter_max", str(iter_max), "--seed", str(GRADED.seed),
+    argv = [sys.executable, reference.RUN_SCRIPTS[MODEL], "--iter_max", str(iter_max), "--seed", str(GRADED.seed),
             "--device", "cpu", "--threads", str(sandbox.threads), "--data-dir", str(data_dir)]
     outcome = run_child(argv, workdir, sandbox, timeout, child_env(workdir, sandbox.threads))
     setting = f"{iter_max:,} iterations, seed {GRADED.seed}, on the CPU"
-    run_dir = workdir / "logs" / GRADED.run_name
+    run_dir = workdir / GRADED.log_dir
     results, failure = None, None
     if outcome.timed_out:
         failure = f"The training run ({setting}) timed out after {timeout:g} s."
@@ -683,17 +682,15 @@ def png_size(data):
 
 
 def grade_grid(run_dir):
-    for grid in GRID_NAMES:
-        size = png_size(read_regular(run_dir / grid, limit=64))
-        if size is None:
-            continue
-        width, height = size
-        if size == GRID_SIZE:
-            return entry(GRID_TEST, POINTS[GRID_TEST], f"{grid}: {width} x {height} pixels, 10 rows of 20 "
-                                                      "samples, as Problem 3.3 asks.")
-        return entry(GRID_TEST, 0, f"{grid} is {width} x {height} pixels; a grid of 10 rows of 20 images of "
-                                  f"28 x 28 is {GRID_SIZE[0]} x {GRID_SIZE[1]}.")
-    return entry(GRID_TEST, 0, f"The run wrote no sample grid ({' or '.join(GRID_NAMES)}) in {run_dir.name}/.")
+    size = png_size(read_regular(run_dir / GRID_NAME, limit=64))
+    if size is None:
+        return entry(GRID_TEST, 0, f"The run wrote no sample grid ({GRID_NAME}) in {run_dir.name}/.")
+    width, height = size
+    if size == GRID_SIZE:
+        return entry(GRID_TEST, POINTS[GRID_TEST], f"{GRID_NAME}: {width} x {height} pixels, 10 rows of 20 "
+                                                  "samples, as Problem 3.3 asks.")
+    return entry(GRID_TEST, 0, f"{GRID_NAME} is {width} x {height} pixels; a grid of 10 rows of 20 images of "
+                              f"28 x 28 is {GRID_SIZE[0]} x {GRID_SIZE[1]}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,7 +700,7 @@ def grade_grid(run_dir):
 def grader_digest():
     """A hash of the grading code, to see whether anything changed it while the student's code ran."""
     digest = hashlib.sha256()
-    for name in GRADER_FILES:
+    for name in HASHED_FILES:
         path = ROOT / name
         digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(missing)"))
     return digest.hexdigest()
@@ -843,8 +840,11 @@ def submissions_in(folder):
     for path in sorted(Path(folder).iterdir()):
         if path.name.startswith(".") or path.name in IGNORED_PARTS:
             continue
-        if path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip"):
-            found[path.stem if path.is_file() else path.name] = path
+        if path.is_dir():
+            found[path.name] = path
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            # alice.zip beside a folder alice/ is another submission: it keeps its suffix in its name.
+            found[path.name if (path.parent / path.stem).is_dir() else path.stem] = path
     return found
 
 
@@ -865,6 +865,7 @@ def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
 
     def one(name, path):
         target = per_student / f"{name}.json"
+        target.unlink(missing_ok=True)  # an earlier batch's file must not pass for this grading's
         argv = [sys.executable, "-m", "course.autograder", "grade", str(path), "--out", str(target),
                 "--threads", "1", *pass_on]
         try:

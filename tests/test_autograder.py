@@ -460,6 +460,27 @@ def test_batch_writes_a_row_per_submission_and_a_column_per_test(graded):
     assert "[6/6]" in graded["outputs"]["full"]
 
 
+def test_a_folder_and_a_zip_of_one_name_are_two_submissions(tmp_path):
+    folder = tmp_path / "export"
+    write_files(folder, {"alice/utils.py": "", "bob/gmvae.py": "", "notes.txt": ""})
+    zip_folder(folder / "alice", folder / "alice.zip")
+    zip_folder(folder / "bob", folder / "carol.zip")
+    assert autograder.submissions_in(folder) == {
+        "alice": folder / "alice", "alice.zip": folder / "alice.zip", "bob": folder / "bob",
+        "carol": folder / "carol.zip"}
+
+
+def test_batch_does_not_report_an_earlier_batchs_results(tmp_path, monkeypatch):
+    folder = write_files(tmp_path / "export", {"alice/utils.py": ""})
+    stale = tmp_path / "summary" / "alice.json"
+    write_files(stale.parent, {stale.name: json.dumps({"score": 100, "tests": []})})
+    # The grader child dies before it writes anything.
+    monkeypatch.setattr(autograder.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "killed"))
+    autograder.batch(folder, tmp_path / "summary.csv", jobs=1, log=lambda *a: None)
+    row = next(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert row["score"] != "100" and row["problem"] == "killed" and not stale.exists()
+
+
 @pytest.mark.full
 def test_the_zip_installs_with_its_own_setup_and_grades_the_model_answer_in_full():
     """course/ci_full_grade.sh: setup.sh into a fresh venv, then 20,000 iterations of the model answer."""
