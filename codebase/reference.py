@@ -7,6 +7,7 @@ computed by this codebase.
 """
 
 MODEL_LABELS = {"gmvae": "GMVAE", "vae": "VAE"}
+TERM_LABELS = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec"}  # the three figures a run reports
 RUN_SCRIPTS = {"gmvae": "run_gmvae.py", "vae": "run_vae.py"}
 
 # The handout's "should be around 97.5" for the GMVAE's NELBO.
@@ -39,4 +40,3 @@ def accepted_range(model, term):
     """(low, high) of the accepted values of `term` ("nelbo", "kl" or "rec") for `model`."""
     centre, half = ACCEPTED[model][term]
     return centre - half, centre + half
-

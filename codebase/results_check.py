@@ -13,8 +13,7 @@ from pathlib import Path
 from codebase.check_tools import Check, Failure
 from codebase.errors import first_line
 from codebase.reference import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
-
-TERMS = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec"}
+from codebase.reference import TERM_LABELS as TERMS
 
 
 def newest_results(logs, model):

@@ -642,7 +642,7 @@ def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
             tests.append(entry(name, 0, f"{failure}{extra}"))
         tests.append(entry(GRID_TEST, 0, "No sample grid: the training run did not finish."))
         return tests, None
-    summary = ", ".join(f"{term_label(t)} {figures[t]:.2f}" for t in ("nelbo", "kl", "rec"))
+    summary = ", ".join(f"{reference.TERM_LABELS[t]} {figures[t]:.2f}" for t in ("nelbo", "kl", "rec"))
     full = results.get("test_nelbo")
     about = (f"Your run ({setting}): {summary} on the course's 100-image test subset"
              + (f"; NELBO {full:.2f} on the full test split." if isinstance(full, (int, float)) else "."))
@@ -652,26 +652,22 @@ def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
         about += f" (A shortened run: the graded setting is {GRADED_ITER:,} iterations.)"
     for name, term in FIGURE_TESTS.items():
         low, high = ranges[term]
-        value, points = figures[term], POINTS[name]
+        value, points, label = figures[term], POINTS[name], reference.TERM_LABELS[term]
         score = figure_score(value, low, high, points)
         if score == points:
-            verdict = f"{term_label(term)} {value:.2f} is inside the accepted {low:g} to {high:g}: full marks."
+            verdict = f"{label} {value:.2f} is inside the accepted {low:g} to {high:g}: full marks."
         elif score > 0:
-            verdict = (f"{term_label(term)} {value:.2f} is outside the accepted {low:g} to {high:g}, but within "
+            verdict = (f"{label} {value:.2f} is outside the accepted {low:g} to {high:g}, but within "
                        f"{(high - low) / 2:g} of it: partial credit.")
         elif math.isfinite(value):
-            verdict = (f"{term_label(term)} {value:.2f} is far outside the accepted {low:g} to {high:g}: run "
+            verdict = (f"{label} {value:.2f} is far outside the accepted {low:g} to {high:g}: run "
                        "python -m codebase.check and look at your training curve (logs/<run>/metrics.csv).")
         else:
-            verdict = (f"{term_label(term)} is {value}, not a number: training diverged or a log-density "
+            verdict = (f"{label} is {value}, not a number: training diverged or a log-density "
                        "underflowed; run python -m codebase.check.")
         tests.append(entry(name, score, f"{verdict}\n{about}"))
     tests.append(grade_grid(run_dir))
     return tests, figures
-
-
-def term_label(term):
-    return {"nelbo": "NELBO", "kl": "KL", "rec": "Rec"}[term]
 
 
 def png_size(data):

@@ -30,7 +30,8 @@ from codebase.data import DataError, load_mnist  # noqa: E402
 from codebase.evaluate import IWAE_KS, SUBSET_REPEATS, eval_subset  # noqa: E402
 from codebase.files import SaveError, read_metrics, write_atomic, write_png_grid  # noqa: E402
 from codebase.models import make_model  # noqa: E402
-from codebase.reference import COURSE_SOLUTION, HANDOUT_GMVAE_NELBO, MODEL_LABELS, RUN_SCRIPTS  # noqa: E402
+from codebase.reference import (COURSE_SOLUTION, HANDOUT_GMVAE_NELBO, MODEL_LABELS, RUN_SCRIPTS,  # noqa: E402
+                                TERM_LABELS)
 from codebase.run import SAMPLES  # noqa: E402
 
 MODELS = tuple(MODEL_LABELS)
@@ -43,7 +44,7 @@ PRIOR_ROWS, PRIOR_COLS = 5, 20  # decoded prior components shown, of the k = 500
 IMAGES = {**{f"{m}_{kind}": f"{m}_samples_{kind}.png" for m in MODELS for kind in SAMPLES},
           "curves": "training_curves.png", "reconstructions": "reconstructions.png", "prior": "prior_components.png"}
 IWAE = tuple(f"iwae{k}" for k in IWAE_KS)  # keys of `flatten`
-HEADERS = {"nelbo": "NELBO", "kl": "KL", "rec": "Rec", "test_nelbo": "NELBO, full test split",
+HEADERS = {**TERM_LABELS, "test_nelbo": "NELBO, full test split",
            **{key: f"−IWAE-{k}" for key, k in zip(IWAE, IWAE_KS)}}
 
 
