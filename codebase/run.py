@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from codebase import checkpoint
-from codebase.config import Config
+from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, Config
 from codebase.data import DataError, load_mnist
 from codebase.errors import first_line
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
@@ -22,8 +22,6 @@ from codebase.train import (MAX_SEED, Interrupted, NonFiniteLoss, make_optimizer
                             training_generator)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-GRID_ROWS, GRID_COLS = 10, 20
-SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
 
 
 class DeviceError(RuntimeError):
@@ -52,6 +50,9 @@ def preflight(model, device, iwae):
             with torch.no_grad():
                 probe()
         except NotImplementedError as e:
+            if what == "negative_iwae_bound":
+                raise UnfinishedCode("--iwae needs the importance-weighted bound of codebase/models/base.py "
+                                     f"(not implemented yet: {e or what}): write it, or run without --iwae.") from None
             raise UnfinishedCode(f"not implemented yet: {e or what}. Write it, check it with "
                                  "python -m codebase.check, then run again.") from None
         except Exception as e:  # any failure of the student's code, before the run starts

@@ -23,8 +23,8 @@ def sample_gaussian(m, v, generator=None):
         z: tensor: (batch, ..., dim): samples
     """
     # BEGIN SOLUTION sample_gaussian
-    # STUB: # TODO: reparameterise: z = m + sqrt(v) * eps, eps ~ N(0, I) of m's shape, drawn with torch.randn
-    # STUB: # (pass generator=generator, device and dtype of m). Returns (batch, ..., dim).
+    # STUB: # TODO: a draw z ~ N(m, diag(v)) through which gradients reach m and v, its noise drawn
+    # STUB: # from `generator`. Returns (batch, ..., dim).
     # STUB: raise NotImplementedError("sample_gaussian (codebase/utils.py)")
     eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
     return m + v.sqrt() * eps
@@ -83,8 +83,8 @@ def log_normal_mixture(z, m, v):
         log_prob: tensor: (batch,): log p(z)
     """
     # BEGIN SOLUTION log_normal_mixture
-    # STUB: # TODO (Problem 3.1): the k components' log-densities with log_normal, as a (batch, k) tensor
-    # STUB: # (z.unsqueeze(1) is (batch, 1, dim)), then log_mean_exp over the components. Returns (batch,).
+    # STUB: # TODO (Problem 3.1): the log-density of z under the uniformly weighted mixture of Gaussians,
+    # STUB: # for each sample in the batch. Returns (batch,).
     # STUB: raise NotImplementedError("log_normal_mixture (codebase/utils.py, Problem 3.1)")
     # (batch, 1, dim) broadcasts against the k components, giving (batch, k) log-densities.
     return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)

@@ -53,7 +53,9 @@ TAGS = {
     "iwae_bound": "codebase/models/base.py: log_importance_weights and negative_iwae_bound",
 }
 VARIANTS = {
-    "default": ("log_normal_mixture", "gmvae_negative_elbo_bound"),  # the problem set as handed out
+    # The problem set as handed out: its two functions, and the importance-weighted bound, which the
+    # problem set does not ask for and which computes the bound's terms (keep it with --keep iwae_bound).
+    "default": ("log_normal_mixture", "gmvae_negative_elbo_bound", "iwae_bound"),
     "full": tuple(TAGS),  # every function of both models, for a harder edition
 }
 
@@ -66,6 +68,10 @@ COPIED = (
     "tests/conftest.py", "tests/test_utils.py", "tests/test_models.py",
 )
 COPIED_TREES = ("codebase",)
+# In the copied trees but never handed out: the self-check's references compute every checked function.
+# The starter gets their values for the local seed instead (STORED).
+INSTRUCTOR_ONLY = ("codebase/check/references.py",)
+STORED = "codebase/check/expected.pt"
 # Written for the starter from course/starter/: the student README, the write-up template and .gitignore.
 STARTER_ONLY = {"README.md": "README.md", "writeup/README.md": "writeup.md", ".gitignore": "gitignore"}
 
@@ -193,13 +199,16 @@ def answer_files(root=None):
     files = {name: root / name for name in COPIED}
     for tree in COPIED_TREES:
         for path in (root / tree).rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files[path.relative_to(root).as_posix()] = path
+            name = path.relative_to(root).as_posix()
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" \
+                    and name not in INSTRUCTOR_ONLY and name != STORED:
+                files[name] = path
     return dict(sorted(files.items()))
 
 
-def starter_files(tags, root=None):
-    """{path: bytes} of the whole starter, stripped of `tags`.
+def starter_files(tags, root=None, stored=True):
+    """{path: bytes} of the whole starter, stripped of `tags`; stored: with the self-check's stored
+    expected values (STORED), which take a few seconds to compute.
 
     Raises:
         MarkerError: on a malformed marker in any source file
@@ -214,7 +223,22 @@ def starter_files(tags, root=None):
     for name, template in STARTER_ONLY.items():
         text = (HERE / "starter" / template).read_text()
         files[name] = string.Template(text).substitute(starter_facts()).encode()
+    if stored:
+        files[STORED] = stored_expected_values()
     return dict(sorted(files.items()))
+
+
+def stored_expected_values():
+    """The bytes of the starter's expected.pt: every check's expected values on the local self-check's
+    inputs, computed by the references that the starter does not get."""
+    import torch
+
+    from codebase.check import references
+    from codebase.check.inputs import SEED
+    from codebase.check.registry import CHECKS
+    buffer = io.BytesIO()
+    torch.save({"seed": SEED, "checks": {c.name: references.expected(c, SEED) for c in CHECKS}}, buffer)
+    return buffer.getvalue()
 
 
 def starter_facts():
@@ -264,9 +288,9 @@ def write(dest, files, overwrite=False):
     return dest, archive
 
 
-def chosen_tags(variant, extra):
-    tags = set(VARIANTS[variant]) | set(extra or ())
-    unknown = tags - set(TAGS)
+def chosen_tags(variant, extra, keep=()):
+    tags = (set(VARIANTS[variant]) | set(extra or ())) - set(keep or ())
+    unknown = (tags | set(keep or ())) - set(TAGS)
     if unknown:
         raise MarkerError(f"unknown tag(s) {', '.join(sorted(unknown))}; known tags: {', '.join(TAGS)}")
     return tags
@@ -281,6 +305,8 @@ def build_parser():
                    help="default: the problem set's two functions; full: every marked function")
     p.add_argument("--strip", action="append", metavar="TAG", choices=TAGS,
                    help="also strip the regions with this tag (repeatable)")
+    p.add_argument("--keep", action="append", metavar="TAG", choices=TAGS,
+                   help="keep the regions with this tag that the variant strips, e.g. iwae_bound (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace DEST and DEST.zip if they exist")
     return p
 
@@ -288,7 +314,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        tags = chosen_tags(args.variant, args.strip)
+        tags = chosen_tags(args.variant, args.strip, args.keep)
         dest, archive = write(args.dest, starter_files(tags), args.overwrite)
     except (MarkerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

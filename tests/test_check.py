@@ -20,9 +20,9 @@ from torch import nn
 
 from conftest import ROOT
 
-from codebase import check
 from codebase import utils as ut
-from codebase.mistakes import CAUSES
+from codebase.check import runner as check
+from codebase.check.mistakes import CAUSES
 from codebase.models import GMVAE, VAE
 from codebase.models.base import LatentModel
 
@@ -271,7 +271,7 @@ MISTAKES = {
     "bound: summed over batch": (ELBO_V, VAE, ELBO, elbo(mean=torch.sum)),
     "bound: divided twice": (IWAE_V, LatentModel, IWAE, iwae(kl=lambda kl: kl.mean() / kl.size(1))),
     "bound: divided by 100": ("VAE: odd batch of 97", VAE, ELBO, elbo(mean=lambda t: t.sum() / 100)),
-    "bound: hard-coded 100": ("VAE: odd batch of 97", LatentModel, "log_importance_weights", log_weights_100),
+    "bound: hard-coded 100": (IWAE_V, LatentModel, "log_importance_weights", log_weights_100),
     "bound: encoder cut": (ELBO_V, VAE, ELBO, elbo(cut=lambda m, v, z: (m.detach(), v.detach(), z.detach()))),
     "bound: decoder cut": (IWAE_V, LatentModel, IWAE, iwae(log_w=lambda log_px, kl: log_px.detach() - kl)),
     "bound: z detached": (ELBO_G, GMVAE, ELBO, elbo(cut=lambda m, v, z: (m, v, z.detach()))),
@@ -377,7 +377,11 @@ def test_a_stub_is_not_implemented_yet(name, monkeypatch):
     target = CHECKS[name].target
     where = ut if hasattr(ut, target) else LatentModel if target == IWAE else GMVAE if "GMVAE" in name else VAE
     monkeypatch.setattr(where, target, stub(target))
-    assert check.verdict(CHECKS[name]).line == f"FAIL  {name}: not implemented yet"
+    v = check.verdict(CHECKS[name])
+    if CHECKS[name].optional:  # the IWAE bound: reported, not counted as a failure
+        assert v.optional and v.line == f"----  {name}: not implemented yet (optional: the problem set does not ask for it)"
+    else:
+        assert not v.optional and v.line == f"FAIL  {name}: not implemented yet"
 
 
 def test_a_stub_below_is_named_and_the_rest_still_run(monkeypatch, capsys):

@@ -8,12 +8,14 @@ import types
 import zipfile
 
 import pytest
+import torch
 
 from conftest import ROOT
 
-from codebase import check
 from codebase import utils as ut
-from codebase.mistakes import CAUSES
+from codebase.check import runner as check
+from codebase.check.inputs import fixed_state
+from codebase.check.mistakes import CAUSES
 from codebase.models import GMVAE
 from course import handout
 
@@ -49,7 +51,7 @@ def answer_regions():
 def test_every_problem_set_function_and_every_variant_tag_is_marked():
     tags = {region.tag for regions in answer_regions().values() for region in regions}
     assert tags == set(handout.TAGS)
-    assert DEFAULT_TAGS == {"log_normal_mixture", "gmvae_negative_elbo_bound"}
+    assert DEFAULT_TAGS == {"log_normal_mixture", "gmvae_negative_elbo_bound", "iwae_bound"}
 
 
 def test_the_output_is_the_same_bytes_every_time(tmp_path):
@@ -68,11 +70,14 @@ def test_the_output_is_the_same_bytes_every_time(tmp_path):
 
 def test_the_starter_holds_what_students_need_and_nothing_of_the_instructors(starter):
     files = {p.relative_to(starter).as_posix() for p in starter.rglob("*") if p.is_file()}
-    for needed in ("run_gmvae.py", "run_vae.py", "codebase/check.py", "codebase/data.py", "codebase/utils.py",
+    for needed in ("run_gmvae.py", "run_vae.py", "codebase/check/__main__.py", "codebase/check/expected.pt",
+                   "codebase/data.py", "codebase/utils.py",
                    "codebase/models/gmvae.py", "requirements.txt", "requirements-dev.txt", "tests/test_utils.py",
                    "tests/test_models.py", ".gitignore", "README.md", "writeup/README.md"):
         assert needed in files
-    assert not [f for f in files if f.startswith(("course/", "benchmarks/", ".ci/")) or f.endswith((".png", ".pt"))]
+    assert "codebase/check/references.py" not in files  # it computes every checked function
+    assert not [f for f in files if f.startswith(("course/", "benchmarks/", ".ci/")) or f.endswith(".png")
+                or (f.endswith(".pt") and f != "codebase/check/expected.pt")]
     assert not [f for f in files if f.startswith("writeup/") and f != "writeup/README.md"]
     assert not [f for f in files if f.startswith(("logs/", "checkpoints/")) and not f.endswith(".gitkeep")]
 
@@ -116,6 +121,88 @@ def test_restoring_the_regions_gives_the_model_answer_byte_for_byte(starter, tmp
         assert got == path.read_bytes(), name
 
 
+# Run in the starter: call every function and method of every module (codebase/, tests/, the run scripts)
+# with the arguments of the two stripped functions, and keep what comes back. Argument 1: the output file.
+# The mixture is filled in first, so that a given function that computes the bound from it would be seen.
+CALL_EVERYTHING = r"""
+import copy, importlib, inspect, math, pathlib, sys, warnings
+import torch
+from codebase import utils
+from codebase.check import inputs
+from codebase.models import GMVAE
+
+warnings.simplefilter("ignore")
+# A finished mixture, as a student's would be, so that the code built on it runs.
+utils.log_normal_mixture = lambda z, m, v: torch.logsumexp(utils.log_normal(z.unsqueeze(1), m, v), 1) - math.log(m.size(-2))
+sys.path.insert(0, "tests")
+torch.manual_seed(0)
+z = torch.randn(13, 3, dtype=torch.float64)
+mixtures = {"per row": (torch.randn(13, 5, 3), torch.rand(13, 5, 3) + 0.2),
+            "shared": (torch.randn(1, 5, 3), torch.rand(1, 5, 3) + 0.2), "flat": (torch.randn(5, 3), torch.rand(5, 3) + 0.2)}
+mixtures = {k: (m.double(), v.double()) for k, (m, v) in mixtures.items()}
+x = (torch.rand(7, 784) < 0.3).float()
+model = GMVAE()
+model.load_state_dict({n: t.float() for n, t in inputs.fixed_state("gmvae", 1).items()})
+names = [p.with_suffix("").as_posix().replace("/", ".") for p in sorted(pathlib.Path("codebase").rglob("*.py"))
+         if p.name != "__main__.py"] + ["run_gmvae", "run_vae"] + [p.stem for p in sorted(pathlib.Path("tests").glob("*.py"))]
+found, outputs = [], {}
+for name in names:
+    module = importlib.import_module(name)
+    for owner in [module] + [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]:
+        for attr, fn in vars(owner).items():
+            fn = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__:
+                found.append((f"{name}.{owner.__name__ + '.' if owner is not module else ''}{attr}", fn, owner is not module))
+for label, fn, method in found:
+    calls = {f"{key} (z, m, v)": (z, m, v) for key, (m, v) in mixtures.items()}
+    calls.update({"(x)": (x,), "(x, generator)": (x, "g"), "(x, 1, generator)": (x, 1, "g")})
+    for call, args in calls.items():
+        # Fresh copies each time: a function may change its arguments (or re-initialise the model) in place.
+        args = [torch.Generator().manual_seed(11) if isinstance(a, str) else a.clone() if isinstance(a, torch.Tensor)
+                else a for a in args]
+        torch.manual_seed(11)
+        try:
+            out = fn(*([copy.deepcopy(model)] if method else []), *args)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            continue
+        flat = out if isinstance(out, (tuple, list)) else (out,)
+        outputs[f"{label} {call}"] = [t.detach().double() for t in flat if isinstance(t, torch.Tensor)]
+torch.save({"calls": len(found), "outputs": outputs, "z": z, "mixtures": mixtures, "x": x}, sys.argv[1])
+"""
+
+
+def reproducing_calls(folder, tmp_path):
+    """The calls of CALL_EVERYTHING in the starter `folder` whose results are the values of a stripped
+    function (the mixture, or the bound's nelbo or kl) on the same inputs and the same draws."""
+    out = run_in(folder, "-c", CALL_EVERYTHING, str(tmp_path / "calls.pt"))
+    assert out.returncode == 0, out.stderr
+    calls = torch.load(tmp_path / "calls.pt", weights_only=True)
+    assert calls["calls"] > 100 and len(calls["outputs"]) > 20  # it did reach the starter's functions
+    mixture = {key: ut.log_normal_mixture(calls["z"], m, v) for key, (m, v) in calls["mixtures"].items()}
+    model = GMVAE()
+    model.load_state_dict({n: t.float() for n, t in fixed_state("gmvae", 1).items()})
+    torch.manual_seed(11)
+    nelbo, kl, _ = (t.detach().double() for t in model.negative_elbo_bound(
+        calls["x"], generator=torch.Generator().manual_seed(11)))
+    same = lambda t, want: t.shape == want.shape and torch.allclose(t, want, rtol=1e-4)
+    return {label for label, tensors in calls["outputs"].items() for t in tensors
+            if any(same(t, want) for want in mixture.values()) or any(same(t, want) for want in (nelbo, kl))}
+
+
+def test_no_code_in_the_starter_computes_a_stripped_function(starter, tmp_path):
+    assert reproducing_calls(starter, tmp_path) == set()
+
+
+def test_a_starter_that_kept_the_importance_weighted_bound_would_compute_the_graded_one(tmp_path):
+    # IWAE-1 is the ELBO: with the IWAE code given, negative_iwae_bound(x, 1) is the answer. The default
+    # starter strips it; one made with --keep iwae_bound is caught by the check above.
+    assert handout.main([str(tmp_path / "kept"), "--keep", "iwae_bound"]) == 0
+    assert reproducing_calls(tmp_path / "kept", tmp_path) == {
+        "codebase.models.base.LatentModel.negative_iwae_bound (x, 1, generator)"}
+
+
 def test_the_untouched_starter_stops_at_once_naming_the_first_function_to_write(starter):
     out = run_in(starter, "run_gmvae.py", timeout=60)
     assert out.returncode == 1
@@ -132,6 +219,9 @@ def test_the_self_check_on_the_starter_passes_what_is_given_and_names_each_stub(
         assert verdicts[name] == "PASS", out.stdout
     for name in ("log_normal_mixture", "GMVAE.negative_elbo_bound"):
         assert re.search(rf"^FAIL  {re.escape(name)}: not implemented yet", out.stdout, re.M), out.stdout
+    # The importance-weighted bound, stripped too, is optional: named, not counted as a failure.
+    assert re.search(r"^----  VAE.negative_iwae_bound: not implemented yet.*optional", out.stdout, re.M), out.stdout
+    assert re.search(r"^\d+ passed, \d+ failed, 6 optional not implemented$", out.stdout, re.M), out.stdout
 
 
 def test_the_restored_starter_passes_every_check_and_trains(starter, tmp_path):
@@ -142,6 +232,7 @@ def test_the_restored_starter_passes_every_check_and_trains(starter, tmp_path):
             text = handout.restore(text.decode(), path.read_text(), name, DEFAULT_TAGS).encode()
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(text)
+    (folder / handout.STORED).write_bytes((starter / handout.STORED).read_bytes())  # the starter's expected values
     check = run_in(folder, "-m", "codebase.check")
     assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout
     train = run_in(folder, "run_gmvae.py", "--iter_max", "20", "--threads", "1", "--data-dir", str(starter / "data"))
@@ -190,6 +281,7 @@ def test_variants_and_extra_tags_strip_more(tmp_path):
         for region in region_list:
             assert "".join(region.stub).strip() in files[name].decode()
     assert handout.chosen_tags("default", ["kl_normal"]) == DEFAULT_TAGS | {"kl_normal"}
+    assert handout.chosen_tags("default", None, ["iwae_bound"]) == DEFAULT_TAGS - {"iwae_bound"}
     with pytest.raises(handout.MarkerError):
         handout.chosen_tags("default", ["no_such_tag"])
 

@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT
 
-from codebase import check
+from codebase.check import runner as check
 from codebase.reference import accepted_range
 
 

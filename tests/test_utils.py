@@ -1,15 +1,14 @@
-"""codebase.utils against independent references: the self-check's checks, and a few identities.
+"""codebase.utils: the self-check's checks, and a few identities.
 
-Each check of the self-check (codebase/check.py) compares a function with torch.distributions
-or torch.logsumexp in float64, over odd batch sizes, every parameter shape and extreme values;
-here each one is a test. The tests below add what the checks do not look at.
+Each check of the self-check (codebase/check/) compares a function with its expected values over
+odd batch sizes, every parameter shape and extreme values; here each one is a test. The tests
+below add what the checks do not look at.
 """
 import pytest
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from codebase import check
 from codebase import utils as ut
+from codebase.check import runner as check
 
 UTILS_CHECKS = {c.name: c for c in check.CHECKS if hasattr(ut, c.target)}
 
@@ -18,6 +17,17 @@ UTILS_CHECKS = {c.name: c for c in check.CHECKS if hasattr(ut, c.target)}
 def test_self_check(name):
     result = check.verdict(UTILS_CHECKS[name])
     assert result.passed, result.line
+
+
+def test_log_normal_mixture_includes_the_log_k_of_uniform_weights():
+    # k identical components: the mixture is that one Gaussian, so log k must cancel.
+    z, m, v = torch.randn(6, 3), torch.zeros(1, 50, 3), torch.ones(1, 50, 3)
+    torch.testing.assert_close(ut.log_normal_mixture(z, m, v), ut.log_normal(z, m[0, 0], v[0, 0]))
+
+
+# BEGIN SOLUTION log_normal_mixture
+# STUB: # (The model answer tests log_normal_mixture against a float64 reference here.)
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal  # noqa: E402
 
 
 def rand_var(*shape, generator):
@@ -29,12 +39,6 @@ def reference_mixture(z, m, v):
     weights = Categorical(logits=torch.zeros(m.shape[:-1], dtype=torch.float64))
     comps = Independent(Normal(m.double(), v.double().sqrt()), 1)
     return MixtureSameFamily(weights, comps).log_prob(z.double())
-
-
-def test_log_normal_mixture_includes_the_log_k_of_uniform_weights():
-    # k identical components: the mixture is that one Gaussian, so log k must cancel.
-    z, m, v = torch.randn(6, 3), torch.zeros(1, 50, 3), torch.ones(1, 50, 3)
-    torch.testing.assert_close(ut.log_normal_mixture(z, m, v), ut.log_normal(z, m[0, 0], v[0, 0]))
 
 
 def test_mixture_stays_accurate_near_a_far_out_component():
@@ -57,6 +61,7 @@ def test_mixture_gradients_match_the_reference():
     expected = torch.autograd.grad(reference_mixture(z, m, v).sum(), (z, m, v))
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+# END SOLUTION
 
 
 def test_kl_normal_is_zero_for_equal_gaussians_and_positive_otherwise():

@@ -39,9 +39,8 @@ class LatentModel(nn.Module):
             kl: tensor: (iw, batch): log q(z_j|x) - log p(z_j)
         """
         # BEGIN SOLUTION iwae_bound
-        # STUB: # TODO: draw iw samples z of shape (iw, batch, z_dim) from q(z|x) (expand m and v, then
-        # STUB: # ut.sample_gaussian), and return log p(x|z) + log p(z) - log q(z|x), log p(x|z) and
-        # STUB: # log q(z|x) - log p(z), each (iw, batch); self.log_prior takes z of shape (n, z_dim).
+        # STUB: # TODO (optional, beyond the problem set; --iwae needs it): the three tensors of the
+        # STUB: # docstring, each (iw, batch).
         # STUB: raise NotImplementedError("LatentModel.log_importance_weights (codebase/models/base.py)")
         m, v = self.enc(x)
         z = ut.sample_gaussian(m.expand(iw, *m.shape), v.expand(iw, *v.shape), generator)
@@ -64,8 +63,7 @@ class LatentModel(nn.Module):
             rec: tensor: (): the ELBO's reconstruction term, averaged over the samples
         """
         # BEGIN SOLUTION iwae_bound
-        # STUB: # TODO: log_mean_exp of self.log_importance_weights over the iw samples, averaged over the
-        # STUB: # batch and negated; kl and rec averaged over samples and batch. Return three scalars.
+        # STUB: # TODO (optional, beyond the problem set; --iwae needs it): the three scalars of the docstring.
         # STUB: raise NotImplementedError("LatentModel.negative_iwae_bound (codebase/models/base.py)")
         log_w, log_px_z, kl = self.log_importance_weights(x, iw, generator)
         niwae = -ut.log_mean_exp(log_w, dim=0).mean()

@@ -40,10 +40,8 @@ class GMVAE(LatentModel):
             rec: tensor: (): -log p(x|z) for the same sample
         """
         # BEGIN SOLUTION gmvae_negative_elbo_bound
-        # STUB: # TODO (Problem 3.1): encode x (self.enc gives m, v of shape (batch, z_dim)), draw z with
-        # STUB: # ut.sample_gaussian(m, v, generator), decode it (self.dec gives logits), and average over the batch:
-        # STUB: # rec = -log p(x|z) (ut.log_bernoulli_with_logits), kl = log q(z|x) - log p(z) (ut.log_normal,
-        # STUB: # ut.log_normal_mixture with self.prior()). Return three scalars: kl + rec, kl, rec.
+        # STUB: # TODO (Problem 3.1): the negative ELBO and its KL and Rec decomposition, averaged over the
+        # STUB: # batch: nelbo = kl + rec, all scalars, with the KL estimated from one sample of z as above.
         # STUB: raise NotImplementedError("GMVAE.negative_elbo_bound (codebase/models/gmvae.py, Problem 3.1)")
         m, v = self.enc(x)
         z = ut.sample_gaussian(m, v, generator)

@@ -25,10 +25,8 @@ class VAE(LatentModel):
             rec: tensor: (): -log p(x|z) for one sample z ~ q(z|x)
         """
         # BEGIN SOLUTION vae_negative_elbo_bound
-        # STUB: # TODO: encode x (self.enc gives m, v), draw z with ut.sample_gaussian(m, v, generator), decode it
-        # STUB: # (self.dec gives logits), and average over the batch: rec = -log p(x|z) (ut.log_bernoulli_with_logits),
-        # STUB: # kl = KL(q(z|x) || p(z)) in closed form (ut.kl_normal against self.z_prior_m, self.z_prior_v).
-        # STUB: # Return three scalars: kl + rec, kl, rec.
+        # STUB: # TODO: the negative ELBO and its KL and Rec decomposition, averaged over the batch:
+        # STUB: # nelbo = kl + rec, all scalars, with the KL in closed form.
         # STUB: raise NotImplementedError("VAE.negative_elbo_bound (codebase/models/vae.py)")
         m, v = self.enc(x)
         z = ut.sample_gaussian(m, v, generator)

@@ -1,0 +1,5 @@
+import sys
+
+from codebase.check.runner import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""The registry of checks: the one list that the self-check, the grader's points and the README read.
+
+Each check has a name, tests one function, and names the checks of the functions it builds on:
+when those fail too, its FAIL line says to fix them first. The checks run in this order,
+callees before callers. It imports neither torch nor the code under test, so that the grader can
+read it.
+"""
+from dataclasses import dataclass
+
+from codebase.reference import MODEL_LABELS
+
+ODD_BATCH = 97  # a batch size that a hard-coded 100 cannot survive
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check.
+
+    name: what its PASS or FAIL line begins with
+    key: which probe, references and judge it uses (one per kind of check)
+    function: the function it tests, as the student knows it ("log_normal_mixture", "GMVAE.negative_elbo_bound")
+    target: that function's own name, to tell its NotImplementedError from a callee's
+    kind: the model ("gmvae" or "vae") for a check of a bound, else None
+    needs: the names of the checks of the functions it calls
+    optional: a check of code that the problem set does not ask for (the IWAE bound): not written yet,
+        it is reported but not counted as a failure
+    """
+    name: str
+    key: str
+    function: str
+    target: str
+    kind: str = None
+    needs: tuple = ()
+    optional: bool = False
+
+
+def _checks():
+    far, mixture_far = "log_normal: far points, tiny variances", "log_normal_mixture: far points, tiny variances"
+    checks = [Check(name, key, name.split(":")[0], name.split(":")[0], needs=needs) for name, key, needs in [
+        ("log_normal", "log_normal", ()),
+        (far, "log_normal_far", ()),
+        ("log_sum_exp", "log_sum_exp", ()),
+        ("log_mean_exp", "log_mean_exp", ("log_sum_exp",)),
+        ("log_normal_mixture", "log_normal_mixture", ("log_normal", "log_mean_exp")),
+        (mixture_far, "mixture_far", ("log_mean_exp", far)),
+        ("sample_gaussian", "sample_gaussian", ()),
+        ("kl_normal", "kl_normal", ()),
+        ("gaussian_parameters", "gaussian_parameters", ()),
+        ("log_bernoulli_with_logits", "log_bernoulli_with_logits", ())]]
+    encode = ("gaussian_parameters", "sample_gaussian", "log_bernoulli_with_logits")
+    for kind, label in MODEL_LABELS.items():
+        elbo, iwae = f"{label}.negative_elbo_bound", f"{label}.negative_iwae_bound"
+        prior = ("log_normal", "log_normal_mixture") if kind == "gmvae" else ("kl_normal",)
+        iwae_prior = ("log_normal", "log_mean_exp") + (("log_normal_mixture",) if kind == "gmvae" else ())
+        checks += [
+            Check(elbo, "elbo", elbo, "negative_elbo_bound", kind, encode + prior),
+            Check(f"{label}: odd batch of {ODD_BATCH}", "odd_batch", elbo, "negative_elbo_bound", kind, (elbo,)),
+            Check(iwae, "iwae", iwae, "negative_iwae_bound", kind, encode + iwae_prior, optional=True),
+            Check(f"{label}: IWAE-1 = NELBO on average", "iwae_one", iwae, "negative_iwae_bound", kind, (elbo, iwae),
+                  optional=True),
+            Check(f"{label}: IWAE falls with k (1, 10, 100)", "iwae_falls", iwae, "negative_iwae_bound", kind,
+                  (iwae,), optional=True)]
+    return checks
+
+
+CHECKS = _checks()
+
+
+def by_name(name):
+    """The check called `name`; KeyError if there is none."""
+    found = [c for c in CHECKS if c.name == name]
+    if not found:
+        raise KeyError(f"no check is called {name!r}")
+    return found[0]
+
+
+def checks_of(function):
+    """The checks that test `function` (e.g. "GMVAE.negative_elbo_bound"), in order."""
+    return [c for c in CHECKS if c.function == function]
+
+
+def context_of(function):
+    """The checks of the functions that `function` builds on, each once, in order."""
+    own = {c.name for c in checks_of(function)}
+    needed, todo = set(), [n for c in checks_of(function) for n in c.needs]
+    while todo:
+        name = todo.pop()
+        if name not in needed and name not in own:
+            needed.add(name)
+            todo += list(by_name(name).needs)
+    return [c for c in CHECKS if c.name in needed]

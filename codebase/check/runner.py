@@ -1,0 +1,82 @@
+"""`python -m codebase.check`: probe your functions and judge them, in one process.
+
+The expected values come from references.py where it exists (the model answer), else from the
+values stored in expected.pt (the starter), which course.handout makes from references.py.
+"""
+import argparse
+import functools
+import importlib
+from pathlib import Path
+
+import torch
+
+from codebase.check import judge, probe
+from codebase.check.inputs import SEED
+from codebase.check.registry import CHECKS
+
+STORED = Path(__file__).with_name("expected.pt")
+
+
+@functools.cache
+def _stored():
+    return torch.load(STORED, weights_only=True)
+
+
+def expected(check, seed=SEED):
+    """The expected values of a check on the inputs of `seed`: computed, or as stored for SEED."""
+    try:
+        references = importlib.import_module("codebase.check.references")
+    except ModuleNotFoundError as e:
+        if e.name != "codebase.check.references":
+            raise
+    else:
+        return references.expected(check, seed)
+    stored = _stored()
+    if seed != stored["seed"]:
+        raise ValueError(f"expected values are stored for seed {stored['seed']} only, not {seed}")
+    return stored["checks"][check.name]
+
+
+def verdict(check, failed=(), seed=SEED):
+    """Probe one check and judge it; failed: the checks that failed before it."""
+    return judge.verdict(check, probe.run(check, seed), expected(check, seed), failed)
+
+
+def main(argv=None):
+    """Run the checks that argv asks for and print their verdicts; returns 0 if none fails, else 1."""
+    parser = argparse.ArgumentParser(
+        prog="python -m codebase.check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Check the functions of codebase/ against the expected values and name the likely "
+                    "mistake; with --results, check the trained models' figures instead.")
+    parser.add_argument("--results", action="store_true",
+                        help="check the newest logs/<run>/results.json of each model against the accepted ranges")
+    parser.add_argument("--logs", default="logs", help="where the runs' folders are (for --results)")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="run only the checks whose name contains TEXT (repeatable)")
+    args = parser.parse_args(argv)
+    if args.results:
+        from codebase.check.results import main as results_main
+        return results_main(args.logs, args.only)
+    checks = CHECKS
+    if args.only:
+        checks = [c for c in checks if any(text in c.name for text in args.only)]
+        if not checks:
+            parser.error(f"no check's name contains {' or '.join(map(repr, args.only))}")
+    # The checks are many small tensor operations: on a CPU shared with training, extra
+    # threads spin against the busy cores and run them tens of times slower.
+    failed, optional, threads = [], 0, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with probe.made_once():
+            for check in checks:
+                v = verdict(check, failed)
+                if v.optional:
+                    optional += 1
+                elif not v.passed:
+                    failed.append(check.name)
+                print(v.line, flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    passed = len(checks) - len(failed) - optional
+    print(f"{passed} passed, {len(failed)} failed" + (f", {optional} optional not implemented" if optional else ""))
+    return 1 if failed else 0
