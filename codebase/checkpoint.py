@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from codebase.config import CHECKPOINT_NAME
 from codebase.errors import first_line
 from codebase.files import write_atomic
 
@@ -30,7 +31,7 @@ class CheckpointError(RuntimeError):
 
 
 def path_for(folder, iteration):
-    return Path(folder) / f"model-{iteration:05d}.pt"
+    return Path(folder) / CHECKPOINT_NAME.format(iteration)
 
 
 def existing(folder):

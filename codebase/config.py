@@ -3,6 +3,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 MODELS = ("gmvae", "vae")
+CHECKPOINT_NAME = "model-{:05d}.pt"  # checkpoints/<run>/model-<iteration>.pt
+GRID_ROWS, GRID_COLS = 10, 20  # the sample grids: 200 draws from p(x), as Problem 3.3 asks
+SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Config:
     @property
     def log_dir(self):
         return Path(self.log_root) / self.run_name
+
+    def checkpoint_path(self, iteration):
+        return self.checkpoint_dir / CHECKPOINT_NAME.format(iteration)
 
     @property
     def architecture(self):

@@ -4,30 +4,28 @@
     python -m course.autograder grade SUBMISSION --out results.json # a folder or a zip, as Gradescope would
     python -m course.autograder batch FOLDER --out summary.csv      # every folder or zip in FOLDER, in parallel
 
-What is graded (the points are in POINTS, the one table to edit):
-- each student function, by the self-check (`python -m codebase.check`) run on the submitted
-  code; the test's output is the self-check's own diagnosis;
-- the IWAE bound of the starter on top of the student's functions (IWAE-1 = NELBO, IWAE falls with k);
+The student's code computes; the grader judges. What is graded (the points are in POINTS):
+- each of the two functions, by the self-check's checks of it (codebase/check/registry.py): the
+  self-check's probe runs the student's code in a sandboxed process on inputs drawn for this grading
+  (a new seed each time, recorded in results.json) and writes the raw results; the judge
+  (course/judge.py), a process that never imports the student's code, compares them with the
+  references computed afresh for that seed and gives the self-check's own PASS or FAIL lines;
 - a real training run of the submitted code in the graded setting (20,000 iterations, seed 0,
-  CPU): NELBO, KL and Rec against codebase/reference.py's accepted ranges, with partial credit
-  (see figure_score);
-- the 10 x 20 sample grid the run writes (560 pixels wide, 280 tall).
+  CPU): the judge loads its final checkpoint (weights only), checks that it is the starter GMVAE's,
+  and computes NELBO, KL and Rec itself with the reference bound on the course's subset; they are
+  scored against codebase/reference.py's accepted ranges with partial credit (see figure_score);
+- the 10 x 20 sample grid, drawn by the judge from those weights.
+Nothing that the student's process prints or writes decides a score: its output is only shown.
 
-Only two files are taken from a submission, codebase/utils.py and codebase/models/gmvae.py,
-found as loose files, in a codebase/ tree or anywhere in a whole repository (a folder or a
-zip); they are dropped into a fresh copy of the student starter (course.handout's, which
-holds no solution). Everything else in the submission is ignored.
-
-The submission is never trusted. Its code runs only in child processes, each with a time
-limit, a memory cap (RLIMIT_AS), a file-size cap and its output kept to a few kB; when the
-grader is root (as on Gradescope), the children run as an unprivileged user (nobody), in a
-folder where they can write only logs/, checkpoints/ and a scratch home, so they cannot write
-results.json or change the grading code. This process never imports the submission (nor
-torch); it writes results.json itself, last. (Not through gradescope-utils: that runs unittest
-suites in the grader's own process, which is exactly what must not happen to student code, and
-results.json is a small JSON object.)
+Only two files are taken from a submission, codebase/utils.py and codebase/models/gmvae.py, found
+as loose files, in a codebase/ tree or anywhere in a whole repository (a folder or a zip); they are
+dropped into a fresh copy of the student starter (course.handout's, which holds no solution).
+Everything else in the submission is ignored. How the student's code is isolated is
+course/sandbox.py's. This process imports neither torch nor the submission; it writes
+results.json itself, last.
 """
 import argparse
+import base64
 import concurrent.futures
 import csv
 import hashlib
@@ -35,11 +33,8 @@ import io
 import json
 import math
 import os
-import re
-import resource
-import selectors
+import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -47,11 +42,14 @@ import tempfile
 import time
 import traceback
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from codebase import reference
+from codebase.check.registry import CHECKS, checks_of, context_of
 from codebase.config import Config
+from course.sandbox import (KEEP_BYTES, MEMORY_GB, Sandbox, SandboxError, clean, list_beneath, read_beneath,
+                            shown)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the repository, or /autograder/source in the grading image
@@ -63,37 +61,18 @@ MANIFEST = TEMPLATES / "starter_files.txt"
 # The points table: edit here. The defaults sum to 100.
 # ---------------------------------------------------------------------------------------------
 POINTS = {
-    "log_normal_mixture": 25,
-    "GMVAE.negative_elbo_bound": 25,
-    "IWAE bound on your functions": 10,
+    "log_normal_mixture": 30,
+    "GMVAE.negative_elbo_bound": 30,
     "Training: NELBO": 15,
     "Training: KL": 10,
     "Training: Rec": 10,
     "Sample grid": 5,
 }
-
-# Which of the self-check's checks each function test scores, by name prefix ("GMVAE: odd batch"
-# takes "GMVAE: odd batch of 97", "log_normal_mixture" also "log_normal_mixture: far points, ...").
-# The points are split evenly among the test's checks. "context" checks are run beside them,
-# unscored, so that the diagnosis can say when a function they build on fails too.
-CHECK_TESTS = {
-    "log_normal_mixture": {
-        "checks": ("log_normal_mixture",),
-        "context": ("log_normal", "log_sum_exp", "log_mean_exp")},
-    "GMVAE.negative_elbo_bound": {
-        "checks": ("GMVAE.negative_elbo_bound", "GMVAE: odd batch"),
-        "context": ("log_normal", "log_sum_exp", "log_mean_exp", "log_normal_mixture", "sample_gaussian",
-                    "GMVAE.negative_iwae_bound")},
-    "IWAE bound on your functions": {
-        "checks": ("GMVAE.negative_iwae_bound", "GMVAE: IWAE-1 = NELBO", "GMVAE: IWAE falls with k"),
-        "context": ("log_normal", "log_sum_exp", "log_mean_exp", "log_normal_mixture", "sample_gaussian",
-                    "GMVAE.negative_elbo_bound")},
-}
+# A function test scores the share of the registry's checks of that function that pass; the checks of
+# the functions it builds on run beside them, unscored, so that its output can say when one fails too.
+FUNCTION_TESTS = tuple(name for name in POINTS if checks_of(name))
 FIGURE_TESTS = {"Training: NELBO": "nelbo", "Training: KL": "kl", "Training: Rec": "rec"}
 GRID_TEST = "Sample grid"
-# The binary-sample grid: codebase.run.SAMPLES["binary"], named here because the grader does not import torch.
-GRID_NAME = "samples_binary.png"
-GRID_SIZE = (560, 280)  # width, height: 20 x 10 images of 28 x 28
 
 # The files a student writes, and the short names they may upload them under.
 STUDENT_FILES = {"codebase/utils.py": "utils.py", "codebase/models/gmvae.py": "gmvae.py"}
@@ -101,20 +80,32 @@ MODEL = "gmvae"
 GRADED = Config(model=MODEL)  # its defaults are the graded setting (seed 0, z 10, k 500)
 GRADED_ITER = reference.GRADED_SETTING[MODEL]["iter_max"]
 
-# Limits for the student's code; each can be changed on the command line.
-CHECK_SECONDS = 120  # one self-check child: a few seconds when the code is sound
-TRAIN_SECONDS = 600  # the training run: about 2 to 3 minutes on 2 CPU cores
-MEMORY_GB = 6.0  # address space per child; torch alone maps about 3 GB of it, training adds about 1.5
-FILE_MB = 512  # the largest file a child may write (a checkpoint is under 10 MB)
-KEEP_BYTES = 2048  # of a child's other output: this much of the start and of the end
-MAX_SOURCE_BYTES = 1 << 20  # a student file larger than this is refused
+# Limits, each with its margin over what was measured (see course/README.md, "Limits").
+CHECK_SECONDS = 60  # one check of the probe: under a second when the code is sound
+STARTUP_SECONDS = 120  # the probe's start (Python, torch and the student's modules) and its first check
+PROBE_SECONDS = 300  # every run of the probe together (a hang costs CHECK_SECONDS and one rerun)
+PROBE_RUNS = 3  # the probe's first run and the reruns after a check that hung or crashed
+TRAIN_SECONDS = 1260  # the training run: 3 x 401.5 s, a correct run on the slowest CPU measured (2-core AVX2 EPYC)
+JUDGE_SECONDS = 300  # the judge: about 10 s
+MAX_SOURCE_BYTES = 256 << 10  # a student file larger than this is refused (the answer files are 8 kB)
 MAX_UNZIPPED_BYTES = 512 << 20  # a submission zip larger than this, unpacked, is refused
-SANDBOX_USER = "nobody"
-# The grading code, which the zip holds beside the starter.
-GRADER_FILES = ("course/__init__.py", "course/autograder.py", "course/gradescope/requirements.txt")
-# Hashed before and after the student's code runs: the grading code and the project modules it imports.
-HASHED_FILES = GRADER_FILES + ("codebase/config.py", "codebase/reference.py")
+MAX_INNER_ZIP_BYTES = 64 << 20  # a zip inside the submission larger than this is not opened
+MAX_RESULT_BYTES = 32 << 20  # one check's results from the probe (sample_gaussian's 200,000 draws: 2.4 MB)
+MAX_CHECKPOINT_BYTES = 64 << 20  # the run's final checkpoint (about 8 MB)
+# The grading code, which the zip holds beside the starter; the references the judge computes with.
+GRADER_FILES = ("course/__init__.py", "course/autograder.py", "course/judge.py", "course/sandbox.py",
+                "course/gradescope/requirements.txt")
+REFERENCES = "codebase/check/references.py"
+# Hashed before and after the student's code runs: the grading code and the project modules it reads.
+HASHED_FILES = GRADER_FILES + (REFERENCES, "codebase/config.py", "codebase/reference.py",
+                               "codebase/check/registry.py", "codebase/check/judge.py")
 IGNORED_PARTS = {"__MACOSX", ".git", "__pycache__", ".ipynb_checkpoints"}
+WRITABLE = ("logs", "checkpoints", "home", "probe")  # all the student's code may write in the work folder
+
+
+def worst_case_seconds(options):
+    """The longest a grading can take: every limit reached, and a minute of the grader's own work."""
+    return PROBE_SECONDS + options.train_seconds + JUDGE_SECONDS + 60
 
 
 class SubmissionError(ValueError):
@@ -123,6 +114,91 @@ class SubmissionError(ValueError):
 
 class GraderError(RuntimeError):
     """The grader cannot grade anything (no MNIST, say): the instructor's problem, not the student's."""
+
+
+# ---------------------------------------------------------------------------------------------
+# How a grading runs: one dataclass for the parser, grade, batch and the tests
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Options:
+    iter_max: int = GRADED_ITER  # training iterations
+    data_dir: str = None  # MNIST; None: data/ beside course/
+    threads: int = None  # CPU threads for the student's code; None: every usable CPU
+    check_seconds: float = CHECK_SECONDS
+    train_seconds: float = TRAIN_SECONDS
+    memory_gb: float = MEMORY_GB
+    only: tuple = ()  # the tests to run; (): all
+    check_seed: int = None  # the seed of the checks' inputs; None: a new one (a regrade gives the old one)
+    test_ranges: tuple = ()  # ((term, low, high), ...): ranges for short runs in tests, never for grading
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    return parse
+
+
+def _ranges(text):
+    """--test-ranges nelbo=100:400,kl=0:50."""
+    ranges = []
+    for part in text.split(","):
+        term, _, span = part.partition("=")
+        low, _, high = span.partition(":")
+        if term not in FIGURE_TESTS.values():
+            raise argparse.ArgumentTypeError(f"unknown figure {term!r}")
+        ranges.append((term, float(low), float(high)))
+    return tuple(ranges)
+
+
+# {Options field: (flag, argparse arguments)}: the one place the grading flags are written.
+FLAGS = {
+    "iter_max": ("--iter_max", dict(type=_positive(int), help="training iterations")),
+    "data_dir": ("--data-dir", dict(help="MNIST (default: data/ beside course/)")),
+    "threads": ("--threads", dict(type=_positive(int), help="CPU threads for training (default: every usable CPU)")),
+    "check_seconds": ("--check-timeout", dict(type=_positive(float), help="seconds for each check of the probe")),
+    "train_seconds": ("--train-timeout", dict(type=_positive(float), help="seconds for the training run")),
+    "memory_gb": ("--memory-gb", dict(type=_positive(float), help="address-space cap of each child, in GB")),
+    "only": ("--only", dict(action="append", choices=list(POINTS), metavar="TEST",
+                            help="run only this test (repeatable); the others are left out of the results")),
+    "check_seed": ("--check-seed", dict(type=int, help="the checks' inputs of an earlier grading (its results.json "
+                                                       "has it as extra_data.check_seed); default: new ones")),
+    "test_ranges": ("--test-ranges", dict(type=_ranges, help=argparse.SUPPRESS)),
+}
+
+
+def add_option_flags(parser):
+    defaults = Options()
+    for name, (flag, kwargs) in FLAGS.items():
+        default = getattr(defaults, name)
+        help_text = kwargs.get("help")
+        if help_text and help_text != argparse.SUPPRESS and default not in (None, ()):
+            kwargs = {**kwargs, "help": f"{help_text} (default: {default:g})"}
+        parser.add_argument(flag, dest=name, default=None if name == "only" else default, **kwargs)
+
+
+def options_of(args):
+    return Options(**{name: (tuple(getattr(args, name) or ()) if name == "only" else getattr(args, name))
+                      for name in FLAGS})
+
+
+def option_argv(options):
+    """The flags that give `options` again, for a child grader (batch)."""
+    argv = []
+    for name, (flag, _) in FLAGS.items():
+        value = getattr(options, name)
+        if value in (None, ()) or value == getattr(Options(), name):
+            continue
+        if name == "only":
+            argv += [a for test in value for a in (flag, test)]
+        elif name == "test_ranges":
+            argv += [flag, ",".join(f"{t}={lo}:{hi}" for t, lo, hi in value)]
+        else:
+            argv += [flag, str(Path(value).resolve()) if name == "data_dir" else str(value)]
+    return argv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +215,7 @@ class Found:
 
 
 def _submission_entries(submission):
-    """{relative posix path: a callable returning the bytes, and the size} of a folder or zip's files."""
+    """{relative posix path: (a callable returning the bytes, the size)} of a folder or zip's files."""
     path = Path(submission)
     if path.is_dir():
         entries = {}
@@ -152,41 +228,57 @@ def _submission_entries(submission):
     if path.is_file() and zipfile.is_zipfile(path):
         return _zip_entries(path, path.name)
     if path.exists():
-        raise SubmissionError(f"{path} is neither a folder nor a zip")
-    raise SubmissionError(f"{path} does not exist")
+        raise SubmissionError(f"{shown(path.name)} is neither a folder nor a zip")
+    raise SubmissionError(f"{shown(path)} does not exist")
 
 
 def _zip_entries(file, name):
-    """_submission_entries of a zip: `file` is its path or a file object, `name` what messages call it."""
+    """_submission_entries of a zip: `file` is its path or a file object, `name` what messages call it.
+    Reading an entry raises SubmissionError if the zip is damaged there (a bad CRC, a cut-off end)."""
     try:
         archive = zipfile.ZipFile(file)
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise SubmissionError(f"{name} is not a readable zip ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise SubmissionError(f"{shown(name)} is not a readable zip ({shown(e)})") from None
     if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
-        raise SubmissionError(f"{name} unpacks to more than {MAX_UNZIPPED_BYTES >> 20} MB")
+        raise SubmissionError(f"{shown(name)} unpacks to more than {MAX_UNZIPPED_BYTES >> 20} MB")
+
+    def reader(info):
+        def read():
+            try:
+                return archive.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+                raise SubmissionError(f"{shown(name)} is damaged at {shown(info.filename)} ({shown(e)})") from None
+        return read
+
     entries = {}
     for info in infos:
         parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
         link = stat.S_ISLNK(info.external_attr >> 16)
         if info.is_dir() or link or ".." in parts or IGNORED_PARTS & set(parts):
             continue
-        entries["/".join(parts)] = (lambda info=info: archive.read(info), info.file_size)
+        entries["/".join(parts)] = (reader(info), info.file_size)
     return entries
 
 
-def _with_inner_zips(entries):
+def _with_inner_zips(entries, notes):
     """entries, and the files of each zip among them as "<zip's path>/<path inside>": students upload
-    a folder that holds their zipped repository, or a zip of a zip. One level deep; an unreadable
-    inner zip is left as a file."""
+    a folder that holds their zipped repository, or a zip of a zip. One level deep; a zip that cannot
+    be opened is named in `notes` and left as a file."""
     found = dict(entries)
     for name, (read, size) in entries.items():
-        if name.lower().endswith(".zip") and size <= MAX_UNZIPPED_BYTES:
-            try:
-                inner = _zip_entries(io.BytesIO(read()), name)
-            except SubmissionError:
-                continue
-            found |= {f"{name}/{inner_name}": entry for inner_name, entry in inner.items()}
+        if not name.lower().endswith(".zip"):
+            continue
+        if size > MAX_INNER_ZIP_BYTES:
+            notes.append(f"{shown(name)} is {size / (1 << 20):,.0f} MB, over the {MAX_INNER_ZIP_BYTES >> 20} MB "
+                         "of a zip that is looked into: not opened.")
+            continue
+        try:
+            inner = _zip_entries(io.BytesIO(read()), name)
+        except SubmissionError as e:
+            notes.append(f"{e}: not opened.")
+            continue
+        found |= {f"{name}/{inner_name}": entry for inner_name, entry in inner.items()}
     return found
 
 
@@ -200,8 +292,8 @@ def collect(submission):
     Returns:
         found: Found
     """
-    entries = _with_inner_zips(_submission_entries(submission))
     found = Found()
+    entries = _with_inner_zips(_submission_entries(submission), found.notes)
     for target, short in STUDENT_FILES.items():
         full = [n for n in entries if n == target or n.endswith("/" + target)]
         bare = [n for n in entries if n == short or n.endswith("/" + short)]
@@ -212,19 +304,18 @@ def collect(submission):
         name = candidates[0]
         read, size = entries[name]
         if len(candidates) > 1:
-            found.notes.append(f"{len(candidates)} files could be {target}; graded {name}.")
-        if size > MAX_SOURCE_BYTES:
-            found.notes.append(f"{name} is {size:,} bytes, over the {MAX_SOURCE_BYTES:,} accepted: not graded.")
-            found.missing.append(target)
-            continue
-        data = read()
+            found.notes.append(f"{len(candidates)} files could be {target}; graded {shown(name)}.")
         try:
+            if size > MAX_SOURCE_BYTES:
+                raise SubmissionError(f"{shown(name)} is {size:,} bytes, over the {MAX_SOURCE_BYTES:,} accepted")
+            data = read()
             data.decode("utf-8")
-        except UnicodeDecodeError:
-            found.notes.append(f"{name} is not UTF-8 text: not graded.")
+        except (SubmissionError, UnicodeDecodeError) as e:
+            reason = e if isinstance(e, SubmissionError) else f"{shown(name)} is not UTF-8 text"
+            found.notes.append(f"{reason}: not graded.")
             found.missing.append(target)
             continue
-        found.files[target], found.where[target] = data, name
+        found.files[target], found.where[target] = data, shown(name)
     found.ignored = len(entries) - len(found.where)
     return found
 
@@ -236,271 +327,144 @@ def syntax_errors(found):
         try:
             compile(data, target, "exec", dont_inherit=True)
         except SyntaxError as e:
-            lines.append(f"{found.where[target]} does not compile: {e.msg} (line {e.lineno}).")
+            lines.append(f"{found.where[target]} does not compile: {shown(e.msg)} (line {e.lineno}).")
         except (ValueError, RecursionError, MemoryError) as e:
-            lines.append(f"{found.where[target]} does not compile: {type(e).__name__}: {e}.")
+            lines.append(f"{found.where[target]} does not compile: {type(e).__name__}: {shown(e)}.")
     return lines
 
-
-# ---------------------------------------------------------------------------------------------
-# Running the student's code: child processes with limits
-# ---------------------------------------------------------------------------------------------
-
-VERDICT = re.compile(r"^(PASS|FAIL)  (.+)$")
-TOTALS = re.compile(r"^(\d+) passed, (\d+) failed$")
-
-
-class Capture:
-    """A child's output stream, kept to its first and last KEEP_BYTES, with its verdict lines apart.
-
-    The self-check's lines (PASS/FAIL and the totals) are kept whole, up to a few hundred,
-    even when the student's code printed without a newline just before one (the verdict then
-    ends that line); any other output only counts towards `other`, beyond the head and tail
-    kept.
-    """
-
-    LONG = 4096  # the most of a line looked at for a verdict: its end
-
-    def __init__(self, verdicts=False):
-        self.head, self.tail, self.total = bytearray(), bytearray(), 0
-        self.verdicts = [] if verdicts else None
-        self.other = 0  # bytes that are not verdict lines
-        self._line = bytearray()
-
-    def feed(self, data):
-        self.total += len(data)
-        if self.verdicts is None:
-            self._keep(data)
-            return
-        for piece in data.splitlines(keepends=True):
-            self._line += piece
-            if len(self._line) > 2 * self.LONG:  # only a line's end can hold a verdict
-                self._keep(bytes(self._line[:-self.LONG]))
-                del self._line[:-self.LONG]
-            if piece.endswith((b"\n", b"\r")):
-                self._end_line()
-
-    def close(self):
-        if self.verdicts is not None and self._line:
-            self._end_line()
-
-    def _end_line(self):
-        text = self._line.decode("utf-8", errors="replace").rstrip("\r\n")
-        self._line.clear()
-        starts = [m.start() for m in re.finditer(r"(?:PASS|FAIL)  |\d+ passed, \d+ failed$", text)]
-        at = next((i for i in reversed(starts) if VERDICT.match(text[i:]) or TOTALS.match(text[i:])), None)
-        if at is None or len(self.verdicts) >= 500:
-            self._keep((text + "\n").encode())
-            return
-        if at:
-            self._keep((text[:at] + "\n").encode())  # the student's unfinished line before it
-        self.verdicts.append(text[at:])
-
-    def _keep(self, data):
-        self.other += len(data)
-        room = KEEP_BYTES - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail = (self.tail + data)[-KEEP_BYTES:]
-
-    def text(self):
-        """What was kept of the other output, with a marker where bytes were left out."""
-        head = self.head.decode("utf-8", errors="replace")
-        if self.other <= len(self.head) + len(self.tail):
-            return head + self.tail.decode("utf-8", errors="replace")
-        left_out = self.other - len(self.head) - len(self.tail)
-        return (head + f"\n[... {left_out:,} bytes left out ...]\n" +
-                self.tail.decode("utf-8", errors="replace"))
-
-
-@dataclass
-class Outcome:
-    returncode: int  # negative: killed by that signal
-    timed_out: bool
-    out: Capture
-    err: Capture
-
-
-# Run as the sandbox user: can it import torch, and read MNIST? (exit 2: no torch, 3: no data)
-PROBE = """import importlib.util, os, sys
-if importlib.util.find_spec("torch") is None:
-    sys.exit(2)
-try:
-    for name in os.listdir(sys.argv[1]):
-        open(os.path.join(sys.argv[1], name), "rb").close()
-except OSError:
-    sys.exit(3)
-"""
-
-
-@dataclass
-class Sandbox:
-    """Who runs the student's code and under which limits."""
-    uid: int = None  # None: as this process's user
-    gid: int = None
-    memory_gb: float = MEMORY_GB
-    threads: int = 1
-    copy_data: bool = False  # the sandbox user cannot read the MNIST folder: give it a copy
-    note: str = ""  # why the code does not run as the sandbox user, for the instructor
-
-    @staticmethod
-    def make(memory_gb=MEMORY_GB, threads=1, data_dir=None):
-        """As SANDBOX_USER when this process is root and that user can run this Python; else as this user."""
-        if os.geteuid() != 0:
-            return Sandbox(None, None, memory_gb, threads, note="the grader is not root, so the student's code "
-                                                                "runs as the grader's own user")
-        import pwd
-        user = pwd.getpwnam(SANDBOX_USER)
-        box = Sandbox(user.pw_uid, user.pw_gid, memory_gb, threads)
-        raw = Path(data_dir or ROOT / "data") / "MNIST" / "raw"
-        try:
-            probe = run_child([sys.executable, "-c", PROBE, str(raw)], "/", box, 60, {"PATH": "/usr/bin:/bin"})
-            code = probe.returncode
-        except OSError as e:  # the interpreter itself cannot be run by that user
-            code = f"{type(e).__name__}: {e}"
-        if code == 0:
-            return box
-        if code == 3:
-            box.copy_data = True
-            return box
-        return Sandbox(None, None, memory_gb, threads,
-                       note=f"{SANDBOX_USER} cannot run {sys.executable} with torch ({code}), so the student's "
-                            f"code runs as root: install the grader's Python where {SANDBOX_USER} can read it")
-
-    def describe(self):
-        if self.uid is None:
-            return f"as this process's user (uid {os.geteuid()}): {self.note}"
-        return f"as {SANDBOX_USER} (uid {self.uid})"
-
-    def limits(self):
-        """The rlimits, set in the child after fork (and after the switch of user)."""
-        memory = int(self.memory_gb * (1 << 30))
-        sandboxed = self.uid is not None
-
-        def apply():
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_MB << 20, FILE_MB << 20))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if sandboxed:  # per user: only meaningful for a user that runs nothing else
-                resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
-
-        return apply
-
-
-def run_child(argv, cwd, sandbox, timeout, env, verdicts=False):
-    """Run argv in cwd under the sandbox; kill its whole process group after `timeout` s.
-
-    The output is read as it comes (so a child that prints 100 MB never blocks or fills
-    memory) and kept as Captures. Whatever the child started is killed with it.
-    """
-    extra = {}
-    if sandbox.uid is not None:
-        extra = {"user": sandbox.uid, "group": sandbox.gid, "extra_groups": []}
-    began = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                            preexec_fn=sandbox.limits(), **extra)
-    out, err = Capture(verdicts), Capture()
-    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-    selector = selectors.DefaultSelector()
-    for fd in streams:
-        selector.register(fd, selectors.EVENT_READ)
-    deadline, drain_until, timed_out = began + timeout, None, False
-    try:
-        while selector.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                timed_out = proc.poll() is None
-                break
-            if drain_until is None and proc.poll() is not None:
-                drain_until = now + 2.0  # a process it left behind may hold the pipes open
-            if drain_until is not None and now >= drain_until:
-                break
-            for key, _ in selector.select(timeout=min(deadline - now, 0.5)):
-                data = os.read(key.fd, 1 << 16)
-                if data:
-                    streams[key.fd].feed(data)
-                else:
-                    selector.unregister(key.fd)
-    finally:
-        selector.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child and all it started, still in its group
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-        out.close()
-    return Outcome(proc.returncode, timed_out, out, err)
-
-
-def child_env(workdir, threads):
-    """A clean environment: none of the grader's variables reach the student's code."""
-    n = str(threads)
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir / "home"),
-            "TMPDIR": str(workdir / "home"), "MPLCONFIGDIR": str(workdir / "home"), "MPLBACKEND": "Agg",
-            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
-
-
-# ---------------------------------------------------------------------------------------------
-# The graded folder: the starter with the student's two files in it
-# ---------------------------------------------------------------------------------------------
 
 def starter_files():
     """{path: bytes} of the student starter: from the image's manifest, or made by course.handout."""
     if MANIFEST.is_file():
         return {name: (ROOT / name).read_bytes() for name in MANIFEST.read_text().split()}
     from course import handout
-    return handout.starter_files(set(handout.VARIANTS["default"]))
+    # The work folder runs the probe and the run script, which need no stored expected values.
+    return handout.starter_files(set(handout.VARIANTS["default"]), stored=False)
 
 
-WRITABLE = ("logs", "checkpoints", "home")  # all the student's code may write in the graded folder
+# ---------------------------------------------------------------------------------------------
+# Running the student's code, and keeping what it leaves
+# ---------------------------------------------------------------------------------------------
+
+def child_env(workdir, threads):
+    """A clean environment: none of the grader's variables reach the student's code."""
+    n = str(threads)
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir / "home"),
+            "TMPDIR": str(workdir / "home"), "MPLCONFIGDIR": str(workdir / "home"), "MPLBACKEND": "Agg",
+            "USER": "student", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
-def make_workdir(found, sandbox):
-    """A fresh graded folder: the starter, the student's files, and the writable folders.
-
-    Everything but WRITABLE is owned by this process and read-only to the sandbox user, so
-    the student's code cannot rewrite the self-check or the run scripts it is graded by.
-    """
-    workdir = Path(tempfile.mkdtemp(prefix="autograder-"))
-    os.chmod(workdir, 0o755)
-    files = starter_files()
-    files.update(found.files)
-    for name, data in files.items():
-        path = workdir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    for name in WRITABLE:
-        reset_writable(workdir / name, sandbox)
-    return workdir
+def printed(outcome, what="Your code printed"):
+    """A note on what a child printed (its output is only ever shown), or ''."""
+    parts = []
+    for name, capture in (("output", outcome.out), ("error output", outcome.err)):
+        text = capture.text().strip()
+        if text:
+            kept = f" (kept: the first and last {KEEP_BYTES:,})" if capture.total > 2 * KEEP_BYTES else ""
+            parts.append(f"{what} {capture.total:,} bytes of {name}{kept}:\n{clean(text)}")
+    return "".join(f"\n\n{p}" for p in parts)
 
 
-def reset_writable(path, sandbox):
-    """An empty folder that the sandbox user owns (a student's earlier child may have filled it)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-    path.mkdir(mode=0o755)
-    if sandbox.uid is not None:
-        os.chown(path, sandbox.uid, sandbox.gid)
+@dataclass
+class Probed:
+    """What the probe runs left: the checks whose results were kept, and why the others have none."""
+    kept: list = field(default_factory=list)
+    problems: dict = field(default_factory=dict)  # {check name: why it has no results}
+    first: object = None  # the first run's Outcome, whose output the student sees
 
 
-def read_regular(path, limit=1 << 20):
-    """The bytes of a regular file the student's code wrote, never following a link; None if unsafe."""
+def probe(names, workdir, box, seed, trusted, options):
+    """Run the self-check's probe on `names` in the sandbox, one file per check as it finishes, and copy
+    each result into `trusted`. A check that hangs or crashes costs only itself: the rest run again."""
+    done, todo, spent = Probed(), list(names), 0.0
+    argv = [sys.executable, "-m", "codebase.check.probe", "--seed", str(seed), "--out", str(workdir / "probe")]
+    for run in range(PROBE_RUNS):
+        if not todo or spent >= PROBE_SECONDS:
+            break
+        box.reset(workdir / "probe")
+        count = lambda n=len(todo): sum(f"{i}.pt" in list_beneath(workdir, "probe") for i in range(n))
+        outcome = box.run(argv + [a for name in todo for a in ("--only", name)], workdir,
+                          child_env(workdir, 1), PROBE_SECONDS - spent,
+                          progress=(count, options.check_seconds, STARTUP_SECONDS))
+        spent += outcome.seconds
+        done.first = done.first or outcome
+        finished = 0
+        for i, name in enumerate(todo):
+            data, _ = read_beneath(workdir, f"probe/{i}.pt", MAX_RESULT_BYTES)
+            if data is None:
+                break
+            (trusted / f"{name}.pt").write_bytes(data)
+            done.kept.append(name)
+            finished = i + 1
+        if finished == len(todo):
+            return done
+        if outcome.timed_out:
+            done.problems[todo[finished]] = (f"Timed out after {options.check_seconds:g} s on this check: is there "
+                                             "an endless loop or a sleep in your code?")
+        else:
+            done.problems[todo[finished]] = ("the self-check stopped while running this check "
+                                             f"({outcome.why(box.memory_gb)})")
+        todo = todo[finished + 1:]
+    for name in todo:
+        done.problems[name] = "not run: the self-check ran out of time on the checks before it"
+    return done
+
+
+@dataclass
+class Trained:
+    outcome: object = None
+    checkpoint: Path = None  # the trusted copy of the final checkpoint, or None
+    failure: str = ""  # why the run counts for nothing, or ""
+    claimed: dict = None  # the figures the run printed into its results.json (only shown)
+
+
+def train(workdir, box, options, data_dir, trusted):
+    """The training run in the graded setting, in the sandbox; its final checkpoint copied to `trusted`."""
+    for name in ("logs", "checkpoints"):
+        box.reset(workdir / name)  # nothing the probe wrote may pose as the run's output
+    threads = options.threads or len(os.sched_getaffinity(0))
+    argv = [sys.executable, reference.RUN_SCRIPTS[MODEL], "--iter_max", str(options.iter_max), "--seed",
+            str(GRADED.seed), "--device", "cpu", "--threads", str(threads), "--data-dir", str(data_dir)]
+    outcome = box.run(argv, workdir, child_env(workdir, threads), options.train_seconds)
+    setting = f"{options.iter_max:,} iterations, seed {GRADED.seed}, on the CPU"
+    run = Trained(outcome)
+    raw, _ = read_beneath(workdir, GRADED.log_dir / "results.json", 1 << 20)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read(limit + 1)
+        claimed = json.loads(raw)
+        run.claimed = {t: float(claimed[t]) for t in FIGURE_TESTS.values()}
+    except (TypeError, ValueError, KeyError):
+        pass
+    relative = GRADED.checkpoint_path(options.iter_max)
+    data, why = read_beneath(workdir, relative, MAX_CHECKPOINT_BYTES)
+    if outcome.stopped:
+        run.failure = f"The training run ({setting}) was {outcome.why(box.memory_gb)}."
+    elif outcome.timed_out:
+        run.failure = f"The training run ({setting}) timed out after {options.train_seconds:g} s."
+    elif outcome.returncode != 0:
+        run.failure = f"The training run ({setting}) failed ({outcome.why(box.memory_gb)})."
+    elif data is None:
+        run.failure = f"The training run ({setting}) finished, but left no checkpoint {relative} ({why})."
+    else:
+        run.checkpoint = trusted / "model.pt"
+        run.checkpoint.write_bytes(data)
+    return run
+
+
+def run_judge(seed, checks, trusted, run, data_dir, threads):
+    """course.judge on what the children left, from the grading code's own folder; its JSON."""
+    argv = [sys.executable, "-m", "course.judge", "--seed", str(seed), "--probe", str(trusted), "--out",
+            str(trusted / "judged.json"), "--checks", *checks]
+    if run is not None and run.checkpoint is not None:
+        argv += ["--checkpoint", str(run.checkpoint), "--data-dir", str(data_dir)]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
+           "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(trusted),
+           "HOME": str(trusted)}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JUDGE_SECONDS)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise GraderError(f"the judge failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
+    return json.loads((trusted / "judged.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,89 +479,20 @@ def entry(name, score, output, **extra):
             "visibility": "visible", **extra}
 
 
-def belongs(check, prefix):
-    """Whether a check's line (its name, maybe followed by ': ...') is of a check named by `prefix`."""
-    return check == prefix or (check.startswith(prefix) and check[len(prefix)] in ": ")
-
-
-def printed(capture, what="Your code printed"):
-    """A note on output that is not the self-check's own, or ''."""
-    text = capture.text().strip()
-    if not text:
-        return ""
-    size = f"{capture.other:,} bytes" + (f" (kept: the first and last {KEEP_BYTES:,})"
-                                         if capture.other > 2 * KEEP_BYTES else "")
-    return f"\n\n{what} {size}:\n{text}"
-
-
-def self_check(prefixes, workdir, sandbox, timeout):
-    """`python -m codebase.check --only ...` in the graded folder, as a sandboxed child."""
-    argv = [sys.executable, "-m", "codebase.check"] + [a for p in prefixes for a in ("--only", p)]
-    return run_child(argv, workdir, sandbox, timeout, child_env(workdir, sandbox.threads), verdicts=True)
-
-
-def finished(outcome):
-    return not outcome.timed_out and any(TOTALS.match(v) for v in outcome.out.verdicts)
-
-
-def grade_checks(names, workdir, sandbox, timeout):
-    """The function tests, scored by the share of their checks that pass.
-
-    All of them come from one run of the self-check; if that run hangs or dies, the checks
-    after the culprit never ran, so each test then gets a run of its own, with its own limit.
-    """
-    specs = {name: CHECK_TESTS[name] for name in names}
-    prefixes = list(dict.fromkeys(p for spec in specs.values() for p in spec["checks"] + spec["context"]))
-    outcome = self_check(prefixes, workdir, sandbox, timeout)
-    if finished(outcome):
-        return [guarded(n, lambda: score_checks(n, spec, outcome, sandbox, timeout)) for n, spec in specs.items()]
-    return [guarded(n, lambda: score_checks(n, spec, self_check(spec["checks"] + spec["context"], workdir, sandbox,
-                                                                 timeout), sandbox, timeout))
-            for n, spec in specs.items()]
-
-
-def score_checks(name, spec, outcome, sandbox, timeout):
-    """A function test from a self-check run's lines: its own checks, and the failures of those it builds on."""
-    lines = outcome.out.verdicts
-    checks = [(v, VERDICT.match(v)[2]) for v in lines if VERDICT.match(v)]
-    own = [v for v, rest in checks if any(belongs(rest, p) for p in spec["checks"])]
-    context = [v for v, rest in checks if v not in own and v.startswith("FAIL")
-               and any(belongs(rest, p) for p in spec["context"])]
-    totals = [TOTALS.match(v) for v in lines if TOTALS.match(v)]
-    shown = "\n".join(own)
-    if context:
-        shown += "\n\nFunctions it builds on that fail too (fix these first):\n" + "\n".join(context)
-    extra = printed(outcome.out) + printed(outcome.err, "Error output")
-    if outcome.timed_out:
-        last = f" (the last check that finished: {checks[-1][0][:150]})" if checks else ""
-        return entry(name, 0, f"Timed out after {timeout:g} s{last}: is there an endless loop or a sleep in "
-                             f"your code?\n\n{shown}{extra}")
-    if not totals:
-        why = describe_exit(outcome, sandbox)
-        return entry(name, 0, f"The self-check stopped before it finished ({why}).\n\n{shown}{extra}")
-    if len(checks) != int(totals[-1][1]) + int(totals[-1][2]):
-        return entry(name, 0, "The self-check's PASS and FAIL lines do not add up to its totals: your code "
-                              "printed lines like them, or printed into them. Graded 0: do not print lines that "
-                              f"begin with PASS or FAIL.\n\n{shown}{extra}")
-    if not own:
-        return entry(name, 0, f"The self-check ran none of the checks of {name}: this is an error of the "
-                             f"autograder, not yours; staff will regrade.{extra}", status="failed")
-    passed = sum(v.startswith("PASS") for v in own)
-    head = (f"{passed} of {len(own)} checks passed." if passed < len(own) else
-            f"All {len(own)} checks passed.")
-    return entry(name, POINTS[name] * passed / len(own), f"{head}\n{shown}{extra}")
-
-
-def describe_exit(outcome, sandbox):
-    """Why a child ended without finishing, in words."""
-    code = outcome.returncode
-    last = [line for line in outcome.err.text().splitlines() if line.strip()]
-    tail = f": {last[-1].strip()[:300]}" if last else ""
-    if code == -signal.SIGKILL or "MemoryError" in tail or "can't allocate memory" in tail:
-        return f"exit {code}{tail}; it may have run out of memory (the cap is {sandbox.memory_gb:g} GB)"
-    if code < 0:
-        return f"killed by signal {-code}{tail}"
-    return f"exit status {code}{tail}"
+def function_test(name, verdicts, probed):
+    """A function test: the share of its checks that pass, with their lines, and the checks of the
+    functions it builds on that fail too."""
+    line = lambda c: verdicts[c.name]["line"] if c.name in verdicts else \
+        f"FAIL  {c.name}: {probed.problems.get(c.name, 'no results')}"
+    own = checks_of(name)
+    passed = sum(bool(verdicts.get(c.name, {}).get("passed")) for c in own)
+    shown_lines = "\n".join(line(c) for c in own)
+    failing = [line(c) for c in context_of(name) if not verdicts.get(c.name, {}).get("passed")]
+    if failing:
+        shown_lines += "\n\nFunctions it builds on that fail too (fix these first):\n" + "\n".join(failing)
+    head = f"{passed} of {len(own)} checks passed." if passed < len(own) else f"All {len(own)} checks passed."
+    extra = printed(probed.first) if probed.first else ""
+    return entry(name, POINTS[name] * passed / len(own), f"{head}\n{shown_lines}{extra}")
 
 
 def figure_score(value, low, high, points):
@@ -610,83 +505,61 @@ def figure_score(value, low, high, points):
     return points * max(0.0, 1.0 - off / half)
 
 
-def grade_training(workdir, sandbox, timeout, iter_max, data_dir, ranges):
-    """The training run: the three figure tests and the grid test."""
-    for name in ("logs", "checkpoints"):
-        reset_writable(workdir / name, sandbox)  # nothing a check child wrote may pose as the run's output
-    argv = [sys.executable, reference.RUN_SCRIPTS[MODEL], "--iter_max", str(iter_max), "--seed", str(GRADED.seed),
-            "--device", "cpu", "--threads", str(sandbox.threads), "--data-dir", str(data_dir)]
-    outcome = run_child(argv, workdir, sandbox, timeout, child_env(workdir, sandbox.threads))
-    setting = f"{iter_max:,} iterations, seed {GRADED.seed}, on the CPU"
-    run_dir = workdir / GRADED.log_dir
-    results, failure = None, None
-    if outcome.timed_out:
-        failure = f"The training run ({setting}) timed out after {timeout:g} s."
-    elif outcome.returncode != 0:
-        failure = f"The training run ({setting}) failed ({describe_exit(outcome, sandbox)})."
-    else:
-        raw = read_regular(run_dir / "results.json")
-        try:
-            results = json.loads(raw) if raw else None
-            figures = {t: float(results[t]) for t in FIGURE_TESTS.values()}
-        except (ValueError, TypeError, KeyError):
-            results = None
-        if results is None:
-            failure = f"The training run ({setting}) finished but left no readable {run_dir.name}/results.json."
-        elif results.get("iterations") != iter_max:
-            failure = f"The run's results.json reports {results.get('iterations')} iterations, not {iter_max}."
-    tests = []
-    if failure:
-        extra = printed(outcome.err, "The run's last output")
-        for name in FIGURE_TESTS:
-            tests.append(entry(name, 0, f"{failure}{extra}"))
-        tests.append(entry(GRID_TEST, 0, "No sample grid: the training run did not finish."))
-        return tests, None
-    summary = ", ".join(f"{reference.TERM_LABELS[t]} {figures[t]:.2f}" for t in ("nelbo", "kl", "rec"))
-    full = results.get("test_nelbo")
-    about = (f"Your run ({setting}): {summary} on the course's 100-image test subset"
-             + (f"; NELBO {full:.2f} on the full test split." if isinstance(full, (int, float)) else "."))
-    if abs(figures["kl"] + figures["rec"] - figures["nelbo"]) > 1e-3 * abs(figures["nelbo"]) + 1e-3:
-        about += " Note: NELBO is not KL + Rec; see GMVAE.negative_elbo_bound."
-    if iter_max != GRADED_ITER:
+def training_tests(run, judged, ranges, options):
+    """The figure tests and the grid test, from the judge's figures of the run's final weights."""
+    setting = f"{options.iter_max:,} iterations, seed {GRADED.seed}, on the CPU"
+    problem = run.failure or (judged or {}).get("problem")
+    if problem:
+        if not run.failure:
+            problem = f"The training run ({setting}) finished, but its final checkpoint cannot be graded: {problem}."
+        extra = printed(run.outcome, "The run") if run.outcome else ""
+        return [entry(name, 0, f"{problem}{extra}") for name in FIGURE_TESTS] + [
+            entry(GRID_TEST, 0, "No sample grid: the training run left no weights to draw it from.")]
+    figures = judged["figures"]
+    labels = reference.TERM_LABELS
+    about = (f"Computed by the grader from your trained weights ({setting}) with the reference bound, on the "
+             "course's 100-image test subset: " + ", ".join(f"{labels[t]} {figures[t]:.2f}" for t in labels) + ".")
+    if run.claimed:
+        about += "\nYour run printed: " + ", ".join(f"{labels[t]} {run.claimed[t]:.2f}" for t in labels) + "."
+        # Each figure is a mean over 100 evaluations on both sides: a gap of more than 5 standard errors
+        # of their difference (and 0.05 nats) is not noise.
+        off = [t for t in labels if not math.isfinite(run.claimed[t]) or abs(run.claimed[t] - figures[t])
+               > 5 * math.sqrt(2) * figures[f"{t}_sd"] / 10 + 0.05]
+        if off:
+            about += (f" Its {', '.join(labels[t] for t in off)} differ{'s' if len(off) == 1 else ''} from the "
+                      "grader's by more than the Monte-Carlo noise: a sign that your negative_elbo_bound computes "
+                      "something else than the bound (see its test above).")
+    if options.iter_max != GRADED_ITER:
         about += f" (A shortened run: the graded setting is {GRADED_ITER:,} iterations.)"
+    tests = []
     for name, term in FIGURE_TESTS.items():
         low, high = ranges[term]
-        value, points, label = figures[term], POINTS[name], reference.TERM_LABELS[term]
+        value, points, label = figures[term], POINTS[name], labels[term]
         score = figure_score(value, low, high, points)
         if score == points:
             verdict = f"{label} {value:.2f} is inside the accepted {low:g} to {high:g}: full marks."
         elif score > 0:
             verdict = (f"{label} {value:.2f} is outside the accepted {low:g} to {high:g}, but within "
                        f"{(high - low) / 2:g} of it: partial credit.")
-        elif math.isfinite(value):
+        else:
             verdict = (f"{label} {value:.2f} is far outside the accepted {low:g} to {high:g}: run "
                        "python -m codebase.check and look at your training curve (logs/<run>/metrics.csv).")
-        else:
-            verdict = (f"{label} is {value}, not a number: training diverged or a log-density "
-                       "underflowed; run python -m codebase.check.")
         tests.append(entry(name, score, f"{verdict}\n{about}"))
-    tests.append(grade_grid(run_dir))
-    return tests, figures
+    grid = judged["grid"]
+    drawn = (f"Drawn by the grader from your trained weights: {grid['rows'] * grid['cols']} samples x ~ p(x) in "
+             f"{grid['rows']} rows of {grid['cols']}, {grid['ink']:.0%} of their pixels on.")
+    if tests[0]["score"] > 0:
+        tests.append(entry(GRID_TEST, POINTS[GRID_TEST], drawn))
+    else:  # samples of a model that does not fit the data are no digits
+        tests.append(entry(GRID_TEST, 0, f"{drawn} They count once the weights model the data: the NELBO is "
+                                         "outside the accepted range and its partial-credit band."))
+    return tests
 
 
-def png_size(data):
-    """(width, height) of PNG bytes, read from the header alone, or None."""
-    if not data or len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def grade_grid(run_dir):
-    size = png_size(read_regular(run_dir / GRID_NAME, limit=64))
-    if size is None:
-        return entry(GRID_TEST, 0, f"The run wrote no sample grid ({GRID_NAME}) in {run_dir.name}/.")
-    width, height = size
-    if size == GRID_SIZE:
-        return entry(GRID_TEST, POINTS[GRID_TEST], f"{GRID_NAME}: {width} x {height} pixels, 10 rows of 20 "
-                                                  "samples, as Problem 3.3 asks.")
-    return entry(GRID_TEST, 0, f"{GRID_NAME} is {width} x {height} pixels; a grid of 10 rows of 20 images of "
-                              f"28 x 28 is {GRID_SIZE[0]} x {GRID_SIZE[1]}.")
+def grader_failed(name, error):
+    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return entry(name, 0, f"The autograder failed on this test ({detail}): an error of the autograder, "
+                         "not of your code; staff will regrade.", status="failed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,23 +583,32 @@ def file_state(path):
         return None
 
 
-def accepted_ranges(test_ranges=None):
+def accepted_ranges(test_ranges=()):
     """{term: (low, high)}: the course's (codebase/reference.py), or those a test gave."""
     ranges = {term: reference.accepted_range(MODEL, term) for term in FIGURE_TESTS.values()}
-    ranges.update(test_ranges or {})
+    ranges.update({term: (low, high) for term, low, high in test_ranges})
     return ranges
 
 
-def grade(submission, out, iter_max=GRADED_ITER, data_dir=None, threads=None, check_seconds=CHECK_SECONDS,
-          train_seconds=TRAIN_SECONDS, memory_gb=MEMORY_GB, only=None, test_ranges=None):
-    """Grade a submission and write results.json; returns the results as a dict."""
+def grade(submission, out, options=Options()):
+    """Grade a submission and write results.json; returns the results as a dict.
+
+    Raises:
+        GraderError, SandboxError: nothing can be graded here (main writes a results.json for staff)
+    """
+    os.umask(0o022)  # the grader's own files: never writable by the sandbox user, whatever umask it inherits
     began = time.monotonic()
     out = Path(out).resolve()
-    data_dir = Path(data_dir or ROOT / "data").resolve()
-    threads = threads or len(os.sched_getaffinity(0))
-    sandbox = Sandbox.make(memory_gb, threads, data_dir)
+    data_dir = Path(options.data_dir or ROOT / "data").resolve()
+    if not (data_dir / "MNIST" / "raw").is_dir():
+        raise GraderError(f"no MNIST in {data_dir}; run python -m codebase.data --data-dir {data_dir} "
+                          "first (setup.sh does so in the grading image)")
+    threads = options.threads or len(os.sched_getaffinity(0))
+    seed = options.check_seed if options.check_seed is not None else secrets.randbelow(2**31 - 1) + 1
+    box = Sandbox.open(sys.executable, data_dir, options.memory_gb, threads)
     digest, out_before = grader_digest(), file_state(out)
-    notes, tests, extra = [], [], {"iter_max": iter_max, "sandbox": sandbox.describe()}
+    notes, tests = [], []
+    extra = {"iter_max": options.iter_max, "sandbox": box.describe(), "check_seed": seed}
     try:
         found = collect(submission)
     except SubmissionError as e:
@@ -739,33 +621,45 @@ def grade(submission, out, iter_max=GRADED_ITER, data_dir=None, threads=None, ch
         notes.append(f"Missing: {STUDENT_FILES[target]} ({target}); the starter's version was used, so its "
                      "functions count as not implemented. Upload it to be graded on it.")
     notes += found.notes + syntax_errors(found)
-    if not (data_dir / "MNIST" / "raw").is_dir():
-        raise GraderError(f"no MNIST in {data_dir}; run python -m codebase.data --data-dir {data_dir} "
-                          "first (setup.sh does so in the grading image)")
 
-    wanted = lambda name: not only or name in only
-    workdir = make_workdir(found, sandbox)
-    if sandbox.copy_data:  # a copy that the sandbox user can read
-        shutil.copytree(data_dir / "MNIST" / "raw", workdir / "data" / "MNIST" / "raw")
-        data_dir = workdir / "data"
+    wanted = lambda name: not options.only or name in options.only
+    functions = [name for name in FUNCTION_TESTS if wanted(name)]
+    needed = {c.name for name in functions for c in checks_of(name) + context_of(name)}
+    names = [c.name for c in CHECKS if c.name in needed]
+    trusted = Path(tempfile.mkdtemp(prefix="autograder-trusted-"))  # root's alone: 0700
+    workdir = box.make_workdir({**starter_files(), **found.files}, WRITABLE)
     try:
-        names = [name for name in CHECK_TESTS if wanted(name)]
-        if names:
-            tests += grade_checks(names, workdir, sandbox, check_seconds)
-        if any(wanted(name) for name in (*FIGURE_TESTS, GRID_TEST)):
-            ranges = accepted_ranges(test_ranges)
-            try:
-                run_tests, figures = grade_training(workdir, sandbox, train_seconds, iter_max, data_dir, ranges)
-            except Exception as e:  # a bug of the grader: say so, and grade the rest
-                run_tests, figures = [grader_failed(n, e) for n in (*FIGURE_TESTS, GRID_TEST)], None
-            tests += [t for t in run_tests if wanted(t["name"])]
-            # JSON has no nan: Gradescope would refuse the whole file.
-            extra["figures"] = {t: v if math.isfinite(v) else str(v) for t, v in (figures or {}).items()}
-            extra["ranges"] = ranges
-            if test_ranges:
-                notes.append(f"Figures graded against TEST ranges {test_ranges}, not the course's.")
+        probed = probe(names, workdir, box, seed, trusted, options) if names else Probed()
+        training = any(wanted(name) for name in (*FIGURE_TESTS, GRID_TEST))
+        run = train(workdir, box, options, data_dir, trusted) if training else None
+        try:
+            judged = run_judge(seed, probed.kept, trusted, run, data_dir, threads)
+        except (GraderError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+            tests = [grader_failed(name, e) for name in POINTS if wanted(name)]
+            judged = None
+        if judged is not None:
+            tests += [function_test(name, judged["checks"], probed) for name in functions]
+            if training:
+                ranges = accepted_ranges(options.test_ranges)
+                training_judged = judged.get("training")
+                tests += [t for t in training_tests(run, training_judged, ranges, options) if wanted(t["name"])]
+                extra["figures"] = (training_judged or {}).get("figures")
+                extra["ranges"] = ranges
+                if run.claimed:
+                    extra["figures_printed_by_the_run"] = {t: v if math.isfinite(v) else str(v)
+                                                           for t, v in run.claimed.items()}
+                grid = trusted / "judged.png"
+                if grid.is_file():
+                    extra["sample_grid_png_base64"] = base64.b64encode(grid.read_bytes()).decode()
+                if options.test_ranges:
+                    notes.append(f"Figures graded against TEST ranges {ranges}, not the course's.")
+    except OSError as e:  # the work folder cannot be reset: the student's own process keeps writing into it
+        tests = [entry(name, 0, f"Your code kept writing into its folder after it ended ({shown(e)}); nothing "
+                                "more could be graded.") for name in POINTS if wanted(name)]
     finally:
+        box.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(trusted, ignore_errors=True)
 
     if grader_digest() != digest:
         notes.append("Warning: the grading code changed while your code ran; graded with the code loaded "
@@ -775,37 +669,22 @@ def grade(submission, out, iter_max=GRADED_ITER, data_dir=None, threads=None, ch
         notes.append(f"Warning: something other than the grader wrote {out.name} while your code ran; it has "
                      "been replaced. Staff will review this submission.")
         extra["results_written_by_submission"] = True
-    if sandbox.uid is None:
-        print(f"Note: the student's code ran {sandbox.describe()}.", file=sys.stderr)
-    if only:
-        notes.append(f"Only these tests were run (--only): {', '.join(only)}.")
+    if options.only:
+        notes.append(f"Only these tests were run (--only): {', '.join(options.only)}.")
     total = round(sum(t["score"] for t in tests), 2)
     possible = sum(POINTS[t["name"]] for t in tests)
     lines = [f"Score: {total:g} / {possible:g}."] + [f"- {t['name']}: {t['score']:g} / {t['max_score']:g}"
                                                      for t in tests]
     output = "\n".join(notes + [""] + lines + [
-        "", "Each test below shows the self-check's diagnosis; run python -m codebase.check on your own "
-            "machine for the same lines."])
+        "", "The grader ran your functions on inputs of its own (seed " + str(seed) + ") and judged what they "
+            "returned; each test below shows the self-check's lines, as python -m codebase.check prints them on "
+            "your machine."])
     for number, t in enumerate(tests, start=1):
         t["number"] = str(number)
     results = {"score": total, "execution_time": round(time.monotonic() - began, 1), "output": output,
                "tests": tests, "extra_data": extra}
     write_results(out, results)
     return results
-
-
-def guarded(name, make):
-    """A test's result; an error of the grader itself gives 0 with a message, and the rest goes on."""
-    try:
-        return make()
-    except Exception as e:
-        return grader_failed(name, e)
-
-
-def grader_failed(name, error):
-    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return entry(name, 0, f"The autograder failed on this test ({detail}): an error of the autograder, "
-                         "not of your code; staff will regrade.", status="failed")
 
 
 def write_results(out, results):
@@ -825,11 +704,6 @@ def write_results(out, results):
 # Regrading a folder of submissions
 # ---------------------------------------------------------------------------------------------
 
-def worst_case_seconds(check_seconds, train_seconds):
-    """The longest a grading can take: the self-check, its reruns after a hang, training, and slack."""
-    return check_seconds * (len(CHECK_TESTS) + 1) + train_seconds + 120
-
-
 def submissions_in(folder):
     """{name: path} of the submissions in a folder: each subfolder and each zip."""
     found = {}
@@ -844,8 +718,9 @@ def submissions_in(folder):
     return found
 
 
-def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
-    """Grade every submission in `folder`, one process and one thread each, `jobs` at once.
+def batch(folder, out, options=Options(), jobs=None, log=print):
+    """Grade every submission in `folder`, one process and one thread each, `jobs` at once; each
+    grading runs its children under a user id of its own.
 
     Writes a results.json per submission into <out without .csv>/ and a row per submission
     to the CSV `out`: the total, then a column per test.
@@ -857,13 +732,13 @@ def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
     per_student = out.with_suffix("")
     per_student.mkdir(parents=True, exist_ok=True)
     jobs = jobs or len(os.sched_getaffinity(0))
-    limit = limit or worst_case_seconds(CHECK_SECONDS, TRAIN_SECONDS)
+    limit = worst_case_seconds(options)
+    child_options = option_argv(replace(options, threads=1))
 
     def one(name, path):
         target = per_student / f"{name}.json"
         target.unlink(missing_ok=True)  # an earlier batch's file must not pass for this grading's
-        argv = [sys.executable, "-m", "course.autograder", "grade", str(path), "--out", str(target),
-                "--threads", "1", *pass_on]
+        argv = [sys.executable, "-m", "course.autograder", "grade", str(path), "--out", str(target), *child_options]
         try:
             done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=limit)
             lines = done.stderr.strip().splitlines()
@@ -880,8 +755,7 @@ def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
         futures = [pool.submit(one, name, path) for name, path in entries.items()]
         for i, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             name, results, problem = future.result()
-            score = results["score"] if results else ""
-            log(f"[{i}/{len(entries)}] {name}: {score if results else 'ERROR ' + problem}")
+            log(f"[{i}/{len(entries)}] {name}: {results['score'] if results else 'ERROR ' + problem}")
             rows.append((name, results, problem))
     names = list(POINTS)
     with open(out, "w", newline="") as f:
@@ -900,11 +774,12 @@ def batch(folder, out, jobs=None, pass_on=(), limit=None, log=print):
 # ---------------------------------------------------------------------------------------------
 
 def zip_files():
-    """{path: (bytes, mode)} of the autograder zip: the starter, the grading code, setup.sh, run_autograder."""
+    """{path: (bytes, mode)} of the autograder zip: the starter, the grading code, the references,
+    setup.sh and run_autograder."""
     from course import handout
     starter = handout.starter_files(set(handout.VARIANTS["default"]))
     files = {name: (data, 0o644) for name, data in starter.items()}
-    for name in GRADER_FILES:
+    for name in GRADER_FILES + (REFERENCES,):
         files[name] = ((ROOT / name).read_bytes(), 0o644)
     files["setup.sh"] = ((TEMPLATES / "setup.sh").read_bytes(), 0o755)
     files["run_autograder"] = ((TEMPLATES / "run_autograder").read_bytes(), 0o755)
@@ -934,56 +809,20 @@ def build(zip_path):
 # The command line
 # ---------------------------------------------------------------------------------------------
 
-def _ranges(text):
-    """--test-ranges nelbo=100:400,kl=0:50: ranges for short runs in tests, never for grading."""
-    ranges = {}
-    for part in text.split(","):
-        term, _, span = part.partition("=")
-        low, _, high = span.partition(":")
-        if term not in FIGURE_TESTS.values():
-            raise argparse.ArgumentTypeError(f"unknown figure {term!r}")
-        ranges[term] = (float(low), float(high))
-    return ranges
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-        return value
-    return parse
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m course.autograder",
                                 description="Gradescope autograder for the GMVAE problem set.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the Gradescope autograder zip")
     b.add_argument("zip", help="where to write it, e.g. autograder.zip")
-
-    def grading_flags(q):
-        q.add_argument("--out", required=True, help="results.json (grade) or summary.csv (batch)")
-        q.add_argument("--iter_max", type=_positive(int), default=GRADED_ITER,
-                       help=f"training iterations (default: the graded {GRADED_ITER})")
-        q.add_argument("--data-dir", dest="data_dir", help="MNIST (default: data/ beside course/)")
-        q.add_argument("--check-timeout", dest="check_seconds", type=_positive(float), default=CHECK_SECONDS,
-                       help=f"seconds for each self-check test (default {CHECK_SECONDS})")
-        q.add_argument("--train-timeout", dest="train_seconds", type=_positive(float), default=TRAIN_SECONDS,
-                       help=f"seconds for the training run (default {TRAIN_SECONDS})")
-        q.add_argument("--memory-gb", dest="memory_gb", type=_positive(float), default=MEMORY_GB,
-                       help=f"address-space cap of each child, in GB (default {MEMORY_GB:g})")
-        q.add_argument("--only", action="append", choices=list(POINTS), metavar="TEST",
-                       help="run only this test (repeatable); the others are left out of the results")
-        q.add_argument("--test-ranges", dest="test_ranges", type=_ranges, help=argparse.SUPPRESS)
-
     g = sub.add_parser("grade", help="grade one submission (a folder or a zip) as Gradescope does")
     g.add_argument("submission")
-    grading_flags(g)
-    g.add_argument("--threads", type=_positive(int), help="CPU threads for training (default: every usable CPU)")
+    g.add_argument("--out", required=True, help="results.json")
+    add_option_flags(g)
     a = sub.add_parser("batch", help="grade every folder and zip in FOLDER, a row each in a CSV")
     a.add_argument("folder")
-    grading_flags(a)
+    a.add_argument("--out", required=True, help="summary.csv")
+    add_option_flags(a)
     a.add_argument("--jobs", type=_positive(int), help="submissions at once (default: the number of CPUs)")
     return p
 
@@ -994,22 +833,13 @@ def main(argv=None):
         path = build(args.zip)
         print(f"Wrote {path}: upload it as the autograder of the Gradescope assignment.")
         return 0
-    flags = dict(iter_max=args.iter_max, data_dir=args.data_dir, check_seconds=args.check_seconds,
-                 train_seconds=args.train_seconds, memory_gb=args.memory_gb, only=args.only,
-                 test_ranges=args.test_ranges)
+    options = options_of(args)
     if args.command == "batch":
-        pass_on = ["--iter_max", str(args.iter_max), "--check-timeout", str(args.check_seconds),
-                   "--train-timeout", str(args.train_seconds), "--memory-gb", str(args.memory_gb)]
-        pass_on += ["--data-dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
-        pass_on += [a for t in args.only or () for a in ("--only", t)]
-        if args.test_ranges:
-            pass_on += ["--test-ranges", ",".join(f"{t}={lo}:{hi}" for t, (lo, hi) in args.test_ranges.items())]
-        batch(Path(args.folder), args.out, args.jobs, pass_on,
-              worst_case_seconds(args.check_seconds, args.train_seconds))
+        batch(Path(args.folder), args.out, options, args.jobs)
         return 0
     out = Path(args.out)
     try:
-        results = grade(args.submission, out, threads=args.threads, **flags)
+        results = grade(args.submission, out, options)
     except Exception as e:  # never leave Gradescope without a results.json
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         write_results(out.resolve(), {"score": 0, "output": f"The autograder itself failed ({detail}). This is "

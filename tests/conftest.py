@@ -45,3 +45,41 @@ def mnist_dir():
     """The repository's MNIST cache, fetched (and md5-checked) on first use."""
     ensure_mnist(ROOT / "data")
     return ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def grader_python(mnist_dir):
+    """A Python that the grader's sandbox user can run, with this one's packages.
+
+    As root (CI, this project's machines) this Python lives in root's home, which other users cannot
+    enter, and the grader refuses to grade with it. As setup.sh does on Gradescope, the tests then make
+    a venv from the system's Python, in a folder all may read, that finds this one's packages through a
+    .pth file. Not root: this Python (the grader runs the student's code as this user, outside a sandbox).
+    """
+    import shutil
+    import site
+    import subprocess
+    import tempfile
+
+    from course.sandbox import Sandbox, SandboxError
+
+    if os.geteuid() != 0:
+        yield sys.executable
+        return
+    folder = Path(tempfile.mkdtemp(prefix="grader-python-"))  # beside pytest's own, which only root may enter
+    os.chmod(folder, 0o755)
+    try:
+        system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        subprocess.run([system, "-m", "venv", "--without-pip", str(folder / "venv")], check=True, timeout=300)
+        purelib = subprocess.run([str(folder / "venv/bin/python"), "-c",
+                                  "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        Path(purelib, "grader.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
+        python = str(folder / "venv/bin/python")
+        try:
+            Sandbox.open(python, mnist_dir).close()
+        except SandboxError as e:
+            pytest.fail(f"this machine cannot give the grader a Python its sandbox user can run: {e}")
+        yield python
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

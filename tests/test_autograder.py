@@ -1,9 +1,10 @@
-"""The Gradescope autograder (python -m course.autograder): its zip, and real gradings.
+"""The Gradescope autograder (python -m course.autograder): its zip, and real gradings, honest and not.
 
-Every grading runs the real command in a child process from the unpacked zip, as Gradescope
-runs it. The training is 20 iterations, graded against wide ranges that only tests give
-(--test-ranges), so that the model answer's short run scores full marks. The submissions are
-graded at once, a few in parallel (batch), in one module fixture; each test reads its results.
+Every grading runs the real command in a child process from the unpacked zip, as Gradescope runs it,
+with the shipped limits unless a test is about a limit. The training is 20 iterations, graded against
+narrow ranges around what the model answer reaches in 20 (--test-ranges, for tests only): an untrained
+model scores 0 there. The submissions are graded at once, a few in parallel (batch), in one module
+fixture; each test reads its results.
 """
 import csv
 import io
@@ -11,36 +12,35 @@ import json
 import os
 import re
 import shutil
-import site
 import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
 from course import autograder, handout
 
-TEST_RANGES = "nelbo=100:400,kl=0:50,rec=100:400"  # a 20-iteration run of the model answer: about 220, 6, 214
+ROOT = Path(__file__).resolve().parents[1]
+# The model answer after 20 iterations: NELBO about 220, KL 6, Rec 214; an untrained model 546, 1.4 and 545.
+TEST_RANGES = "nelbo=200:240,kl=4:8,rec=195:235"
 SHORT = ["--iter_max", "20", "--test-ranges", TEST_RANGES]
-CHECK_TESTS = ["--only", "log_normal_mixture", "--only", "GMVAE.negative_elbo_bound",
-               "--only", "IWAE bound on your functions"]
-MIXTURE, BOUND, IWAE = "log_normal_mixture", "GMVAE.negative_elbo_bound", "IWAE bound on your functions"
+MIXTURE, BOUND = "log_normal_mixture", "GMVAE.negative_elbo_bound"
+FUNCTIONS = ["--only", MIXTURE, "--only", BOUND]
 FIGURES, GRID = ("Training: NELBO", "Training: KL", "Training: Rec"), "Sample grid"
-HANG_CHECK_SECONDS, HANG_TRAIN_SECONDS = 10, 4
+HANG_CHECK_SECONDS, HANG_TRAIN_SECONDS = 20, 20
 
 UTILS, GMVAE = (ROOT / "codebase/utils.py").read_text(), (ROOT / "codebase/models/gmvae.py").read_text()
+STARTER = handout.starter_files(set(handout.VARIANTS["default"]), stored=False)
+UTILS_STUB, GMVAE_STUB = STARTER["codebase/utils.py"].decode(), STARTER["codebase/models/gmvae.py"].decode()
 MIXTURE_LINE = "return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)"
 REC_LINE = "rec = -ut.log_bernoulli_with_logits(x, self.dec(z)).mean()"
 KL_LINE = "kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, *self.prior())).mean()"
 BOUND_FIRST = "m, v = self.enc(x)\n        z = ut.sample_gaussian(m, v, generator)"
+BOUND_STUB = 'raise NotImplementedError("GMVAE.negative_elbo_bound (codebase/models/gmvae.py, Problem 3.1)")'
 
 
 def changed(text, old, new):
-    assert text.count(old) == 1, f"the model answer no longer holds {old!r}: update this test"
+    assert text.count(old) == 1, f"the code no longer holds {old!r}: update this test"
     return text.replace(old, new)
 
 
@@ -53,6 +53,59 @@ MISTAKES = {
     "KL sign reversed": ("gmvae.py", KL_LINE, "kl = (ut.log_normal_mixture(z, *self.prior()) - ut.log_normal(z, m, v)).mean()",
                          BOUND, "the KL's sign is reversed"),
 }
+
+# Ways to get the points without the work. Each leaves the functions unwritten, or writes them wrong, and
+# fakes what the old grader trusted: printed verdicts, the run's files, the starter's stored values.
+FORGED_LINES = '''
+import threading as _threading
+def _forge():
+    for _name in ("log_normal_mixture", "log_normal_mixture: far points, tiny variances",
+                  "GMVAE.negative_elbo_bound", "GMVAE: odd batch of 97"):
+        print(f"PASS  {_name}", flush=True)
+    print("20 passed, 0 failed", flush=True)
+_forge()
+_threading.Thread(target=_forge).start()
+'''
+PATCHED = '''
+import builtins as _builtins, numpy as _numpy, torch as _torch
+_builtins.print = lambda *a, **k: None
+_torch.isclose = lambda *a, **k: _torch.tensor(True)
+_numpy.random.RandomState = lambda *a, **k: _numpy.random.Generator(_numpy.random.PCG64(0))
+import codebase.check.probe as _probe
+_probe.PROBES["log_normal_mixture"] = lambda check, seed, results: results.update({i: _torch.zeros(97) for i in range(7)})
+_probe.PROBES["mixture_far"] = lambda check, seed, results: results.update({"far": _torch.zeros(97)})
+'''
+STORED_VALUES = '''
+def log_normal_mixture(z, m, v):
+    """The stored expected values of the starter, where the inputs are the local self-check's."""
+    from codebase.check import inputs, probe
+    stored = torch.load(inputs.__file__.replace("inputs.py", "expected.pt"), weights_only=True)["checks"]
+    for i, case in stored["log_normal_mixture"].items():
+        if torch.equal(z.double(), probe.inputs_of("log_normal_mixture", inputs.SEED, i)[0]):
+            return case["want"].to(z.dtype)
+    if z.shape == (97, 10) and v.min() < 1e-7:
+        return stored["log_normal_mixture: far points, tiny variances"]["far"]["want"].float()
+    return z.sum(-1) * 0
+'''
+FAKE_RUN_FILES = '''
+import sys as _sys
+if _sys.argv and _sys.argv[0].endswith("run_gmvae.py"):  # forge every file of a good run, then stop
+    import json as _json, os as _os, torch as _torch
+    from codebase.models import GMVAE as _GMVAE
+    _run = "model=gmvae_z=10_k=500_run=0000"
+    _os.makedirs(f"logs/{_run}", exist_ok=True)
+    _os.makedirs(f"checkpoints/{_run}", exist_ok=True)
+    with open(f"logs/{_run}/results.json", "w") as _f:
+        _json.dump({"nelbo": 97.5, "kl": 17.5, "rec": 80.0, "iterations": 20, "test_nelbo": 97.0}, _f)
+    with open(f"logs/{_run}/metrics.csv", "w") as _f:
+        _f.write("iteration,nelbo,kl,rec\\n20,97.5000,17.5000,80.0000\\n")
+    from codebase.files import write_png_grid as _grid
+    _grid(f"logs/{_run}/samples_binary.png", _torch.zeros(200, 784), 10, 20)
+    _torch.save({"model": _GMVAE().state_dict(), "iteration": 20}, f"checkpoints/{_run}/model-00020.pt")
+    _os._exit(0)
+'''
+CONSTANT_BOUND = '''z = torch.zeros((), requires_grad=True)  # a bound that trains nothing
+        return z + 97.5, z + 17.5, z + 80.0'''
 
 
 def write_files(folder, files):
@@ -77,8 +130,8 @@ def run_grader(python, source, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, timeout=600):
-    out, err = proc.communicate(timeout=timeout)
+def finish(proc, timeout=3600):
+    out, err = proc.communicate(timeout=timeout)  # a guard against a hang of the test itself
     assert proc.returncode == 0, err
     assert "Traceback" not in out + err, out + err
     return out
@@ -97,29 +150,6 @@ def unpack(archive, dest, mnist_dir):
         z.extractall(dest)
     (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
     return dest
-
-
-@pytest.fixture(scope="module")
-def grader_python():
-    """A Python that the sandbox user can run, where this one lives in root's home (as on this
-    project's machines); else this one. With it, the gradings here run the student's code as
-    `nobody`, as on Gradescope; without it they run it as this user, and the tests check the
-    fallback instead (see test_a_submission_cannot_replace_results_or_change_the_grader)."""
-    python = Path(sys.executable)
-    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
-    if os.geteuid() != 0 or autograder.Sandbox.make().uid is not None or not system.is_file():
-        yield str(python)
-        return
-    folder = Path(tempfile.mkdtemp(prefix="autograder-python-"))
-    os.chmod(folder, 0o755)
-    try:
-        subprocess.run([str(system), "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
-        purelib = subprocess.run([str(folder / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-        Path(purelib, "grader.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
-        yield str(folder / "bin/python")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def hostile_code(results, grader):
@@ -142,8 +172,8 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
     tmp = tmp_path_factory.mktemp("graded")
     source = unpack(built, tmp / "source", mnist_dir)
     answer = {"utils.py": UTILS, "gmvae.py": GMVAE}
-    starter = handout.starter_files(set(handout.VARIANTS["default"]))
-    repo = lambda folder, files: write_files(folder, {**{n: d.decode() for n, d in starter.items()}, **files})
+    repo = lambda folder, files: write_files(folder, {**{n: d.decode(errors="replace") for n, d in STARTER.items()
+                                                         if n.endswith((".py", ".md", ".txt"))}, **files})
 
     full, checks = tmp / "full", tmp / "checks"
     # Gradings with the 20-iteration training.
@@ -157,6 +187,8 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
         "codebase/models/gmvae.py": changed(GMVAE, BOUND_FIRST, 'raise ValueError("my bug")\n        ' + BOUND_FIRST)})
     write_files(full / "nan", {"utils.py": changed(UTILS, MIXTURE_LINE, MIXTURE_LINE + ' * float("nan")'),
                                "gmvae.py": GMVAE})
+    write_files(full / "fake_run_files", {"utils.py": UTILS_STUB + FAKE_RUN_FILES, "gmvae.py": GMVAE_STUB})
+    write_files(full / "constant_bound", {"utils.py": UTILS, "gmvae.py": changed(GMVAE, BOUND_FIRST, CONSTANT_BOUND)})
     # Gradings of the functions alone (--only): the training would add nothing here.
     for name, (file, old, new, _, _) in MISTAKES.items():
         files = dict(answer)
@@ -166,6 +198,11 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
     write_files(checks / "missing_file", {"utils.py": UTILS, "notes.txt": "my notes", "scratch.ipynb": "{}"})
     write_files(checks / "memory", {"utils.py": changed(UTILS, MIXTURE_LINE, "torch.empty(1 << 32)  # 16 GiB\n    "
                                                         + MIXTURE_LINE), "gmvae.py": GMVAE})
+    write_files(checks / "forged_lines", {"utils.py": UTILS_STUB + FORGED_LINES, "gmvae.py": GMVAE_STUB})
+    write_files(checks / "patched_probe", {"utils.py": UTILS_STUB + PATCHED, "gmvae.py": GMVAE_STUB})
+    write_files(checks / "stored_values", {"utils.py": UTILS_STUB + STORED_VALUES, "gmvae.py": GMVAE_STUB})
+    write_files(checks / "copied_code", {"utils.py": UTILS, "gmvae.py": changed(
+        GMVAE_STUB, BOUND_STUB, "return self.negative_iwae_bound(x, 1, generator)")})
     hang = write_files(tmp / "hang", {"utils.py": UTILS, "gmvae.py": changed(
         GMVAE, BOUND_FIRST, "import time\n        time.sleep(3600)\n        " + BOUND_FIRST)})
     # Its own copy of the grader: where the sandbox cannot stop it, it changes that copy.
@@ -178,12 +215,11 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
     procs = {
         "full": run_grader(grader_python, source, "batch", str(full), "--out", str(tmp / "full.csv"), *SHORT),
         "checks": run_grader(grader_python, source, "batch", str(checks), "--out", str(tmp / "checks.csv"),
-                             *CHECK_TESTS),
+                             *FUNCTIONS),
         "hang": run_grader(grader_python, source, "grade", str(hang), "--out", str(tmp / "hang.json"), *SHORT,
-                           "--check-timeout", str(HANG_CHECK_SECONDS), "--train-timeout", str(HANG_TRAIN_SECONDS),
-                           *[a for name in autograder.POINTS if name != IWAE for a in ("--only", name)]),
+                           "--check-timeout", str(HANG_CHECK_SECONDS), "--train-timeout", str(HANG_TRAIN_SECONDS)),
         "hostile": run_grader(grader_python, hostile_source, "grade", str(hostile), "--out", str(hostile_out),
-                              *CHECK_TESTS),
+                              *FUNCTIONS),
     }
     outputs = {name: finish(proc) for name, proc in procs.items()}
     results = {p.stem: json.loads(p.read_text()) for folder in ("full", "checks") for p in (tmp / folder).glob("*.json")}
@@ -205,16 +241,17 @@ def normalised(line):
     return " ".join(line.split())
 
 
-def test_the_zip_holds_the_scripts_the_starter_and_no_line_of_a_stripped_solution(built, tmp_path):
+def test_the_zip_holds_the_scripts_the_starter_the_references_and_no_line_of_a_stripped_solution(built, tmp_path):
     with zipfile.ZipFile(built) as z:
         names = z.namelist()
         texts = {n: z.read(n).decode(errors="replace") for n in names}
         modes = {i.filename: i.external_attr >> 16 for i in z.infolist()}
     assert "setup.sh" in names and "run_autograder" in names  # at the root, as Gradescope wants
     assert texts["run_autograder"].startswith("#!") and modes["run_autograder"] & 0o111 and modes["setup.sh"] & 0o111
-    starter = handout.starter_files(set(handout.VARIANTS["default"]))
-    assert set(texts["course/gradescope/starter_files.txt"].split()) == set(starter)
-    assert all(texts[n].encode() == d for n, d in starter.items() if n.endswith(".py"))
+    assert set(texts["course/gradescope/starter_files.txt"].split()) == set(STARTER) | {handout.STORED}
+    assert all(texts[n].encode() == d for n, d in STARTER.items() if n.endswith(".py"))
+    assert autograder.REFERENCES in names and autograder.REFERENCES not in STARTER  # the grader's, never a student's
+    assert "course/judge.py" in names and "course/sandbox.py" in names
     assert not [n for n in names if n.startswith(("writeup/", "benchmarks/", ".ci/")) and n != "writeup/README.md"]
     assert "course/handout.py" not in names and "tests/test_autograder.py" not in names
 
@@ -236,8 +273,9 @@ def test_the_zip_holds_the_scripts_the_starter_and_no_line_of_a_stripped_solutio
 
 def test_the_points_table_sums_to_100_and_every_test_has_a_grader():
     assert sum(autograder.POINTS.values()) == 100
-    graded = set(autograder.CHECK_TESTS) | set(autograder.FIGURE_TESTS) | {autograder.GRID_TEST}
+    graded = set(autograder.FUNCTION_TESTS) | set(autograder.FIGURE_TESTS) | {autograder.GRID_TEST}
     assert graded == set(autograder.POINTS)
+    assert autograder.FUNCTION_TESTS == (MIXTURE, BOUND)  # the problem set's two functions, from the registry
 
 
 @pytest.mark.parametrize("value, score", [(97.0, 15), (94.0, 15), (100.0, 15), (101.5, 7.5), (92.5, 7.5),
@@ -246,6 +284,14 @@ def test_partial_credit_falls_linearly_to_zero_one_half_width_outside_the_range(
     low, high = autograder.accepted_ranges()["nelbo"]
     assert (low, high) == (94.0, 100.0)  # codebase/reference.py's 97 +/- 3
     assert autograder.figure_score(value, low, high, 15) == pytest.approx(score)
+
+
+def test_the_options_make_the_flags_and_come_back_from_them():
+    options = autograder.Options(iter_max=20, only=(MIXTURE,), check_seed=7, test_ranges=(("kl", 0.0, 1.0),))
+    args = autograder.build_parser().parse_args(["grade", "s", "--out", "r.json", *autograder.option_argv(options)])
+    assert autograder.options_of(args) == options
+    assert autograder.options_of(autograder.build_parser().parse_args(["grade", "s", "--out", "r"])) == \
+        autograder.Options()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,11 +324,12 @@ def test_the_two_files_are_found_loose_in_a_codebase_tree_or_in_a_zipped_reposit
         found = autograder.collect(submission)
         assert found.where["codebase/utils.py"] == "my-repo.zip/student-repo-main/codebase/utils.py", submission
         assert found.files["codebase/models/gmvae.py"] == b"b = 2\n" and not found.missing
-    (folder / "broken.zip").write_bytes(b"PK\3\4 not really a zip")  # an inner zip that fails is a mere file
+    (folder / "broken.zip").write_bytes(b"PK\3\4 not really a zip")  # an inner zip that fails is named, and left
     write_files(folder, {"codebase/utils.py": "loose = 1\n"})  # nearer than the one in the zip
     found = autograder.collect(folder)
     assert found.files["codebase/utils.py"] == b"loose = 1\n"
     assert found.where["codebase/models/gmvae.py"] == "my-repo.zip/student-repo-main/codebase/models/gmvae.py"
+    assert any(note.startswith("broken.zip is not a readable zip") for note in found.notes), found.notes
 
     only_one = write_files(tmp_path / "one", {"gmvae.py": "b = 2\n"})
     (only_one / "utils.py").symlink_to(ROOT / "course" / "autograder.py")  # a link is never followed
@@ -290,12 +337,14 @@ def test_the_two_files_are_found_loose_in_a_codebase_tree_or_in_a_zipped_reposit
     assert found.missing == ["codebase/utils.py"]
 
 
-def test_an_unreadable_submission_still_gets_a_results_json(tmp_path, mnist_dir):
+def test_an_unreadable_submission_still_gets_a_results_json(tmp_path, mnist_dir, grader_python):
     bad = tmp_path / "submission.zip"
     bad.write_bytes(b"PK\3\4 not really a zip")
     out = tmp_path / "results.json"
-    results = autograder.grade(bad, out, iter_max=20, data_dir=mnist_dir, only=[MIXTURE], check_seconds=60)
-    assert json.loads(out.read_text()) == results
+    proc = run_grader(grader_python, ROOT, "grade", str(bad), "--out", str(out), "--data-dir", str(mnist_dir),
+                      "--only", MIXTURE)
+    finish(proc)
+    results = json.loads(out.read_text())
     assert "could not be read" in results["output"] and "Missing: utils.py" in results["output"]
     assert by_name(results)[MIXTURE]["score"] == 0
     assert "not implemented yet" in by_name(results)[MIXTURE]["output"]
@@ -309,16 +358,15 @@ def test_without_mnist_the_grader_says_so_and_still_writes_results(tmp_path, cap
     assert results["score"] == 0 and "not your fault" in results["output"]
 
 
-def test_the_output_of_a_child_is_kept_to_a_few_kilobytes_but_its_verdicts_whole():
-    capture = autograder.Capture(verdicts=True)
-    capture.feed(b"PASS  log_normal_mixture\nspam")
-    for _ in range(1600):  # 100 MB without a newline, in pipe-sized pieces
+def test_the_output_of_a_child_is_kept_to_a_few_kilobytes():
+    from course.sandbox import Capture
+    capture = Capture()
+    capture.feed(b"start\n")
+    for _ in range(1600):  # 100 MB, in pipe-sized pieces
         capture.feed(b"x" * 65536)
-    capture.feed(b"FAIL  GMVAE.negative_elbo_bound: expected 1, got 2\n1 passed, 1 failed\n")  # ends the long line
-    capture.close()
-    assert capture.verdicts == ["PASS  log_normal_mixture", "FAIL  GMVAE.negative_elbo_bound: expected 1, got 2",
-                                "1 passed, 1 failed"]
+    capture.feed(b"\nthe end\n")
     assert capture.total > 100 << 20 and len(capture.text()) < 3 * autograder.KEEP_BYTES
+    assert capture.text().startswith("start\n") and capture.text().endswith("the end\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,9 +381,26 @@ def test_the_model_answer_gets_full_marks(graded):
         assert test["visibility"] == "visible" and test["output"]
     assert [t["name"] for t in results["tests"]] == list(autograder.POINTS)
     assert "All 2 checks passed." in by_name(results)[MIXTURE]["output"]
-    assert re.search(r"NELBO [\d.]+, KL [\d.]+, Rec [\d.]+", by_name(results)["Training: NELBO"]["output"])
-    assert "560 x 280" in by_name(results)[GRID]["output"]
+    nelbo = by_name(results)["Training: NELBO"]["output"]
+    assert re.search(r"Computed by the grader from your trained weights .*NELBO [\d.]+, KL [\d.]+, Rec [\d.]+", nelbo)
+    assert re.search(r"Your run printed: NELBO [\d.]+", nelbo) and "Monte-Carlo noise" not in nelbo
+    assert "200 samples" in by_name(results)[GRID]["output"]
     assert isinstance(results["execution_time"], float) and results["output"].startswith("Graded: utils.py, gmvae.py.")
+    extra = results["extra_data"]
+    assert extra["check_seed"] > 0 and extra["sample_grid_png_base64"] and set(extra["figures"]) >= {"nelbo", "kl"}
+
+
+def test_each_grading_draws_new_inputs_and_a_regrade_can_give_the_old_ones(graded, tmp_path, mnist_dir, grader_python):
+    seeds = {r["extra_data"]["check_seed"] for r in graded["results"].values()}
+    assert len(seeds) == len(graded["results"])
+    answer = graded["results"]["answer"]
+    out = tmp_path / "again.json"
+    folder = write_files(tmp_path / "answer", {"utils.py": UTILS, "gmvae.py": GMVAE})
+    finish(run_grader(grader_python, ROOT, "grade", str(folder), "--out", str(out), "--data-dir", str(mnist_dir),
+                      "--only", BOUND, "--check-seed", str(answer["extra_data"]["check_seed"])))
+    again = json.loads(out.read_text())
+    assert again["extra_data"]["check_seed"] == answer["extra_data"]["check_seed"]
+    assert by_name(again)[BOUND]["output"] == by_name(answer)[BOUND]["output"]
 
 
 def test_the_untouched_starter_scores_0_with_a_clear_message_per_test(graded):
@@ -345,10 +410,9 @@ def test_the_untouched_starter_scores_0_with_a_clear_message_per_test(graded):
     assert "Graded: gmvae-main/codebase/utils.py, gmvae-main/codebase/models/gmvae.py;" in results["output"]
     assert "FAIL  log_normal_mixture: not implemented yet" in tests[MIXTURE]["output"]
     assert "FAIL  GMVAE.negative_elbo_bound: not implemented yet" in tests[BOUND]["output"]
-    assert "not implemented yet" in tests[IWAE]["output"]
     for name in FIGURES:
         assert "not implemented yet: log_normal_mixture (codebase/utils.py" in tests[name]["output"], tests[name]
-    assert "did not finish" in tests[GRID]["output"]
+    assert "no weights" in tests[GRID]["output"]
     assert not [t for t in results["tests"] if "autograder failed" in t["output"]]
 
 
@@ -356,7 +420,7 @@ def test_the_untouched_starter_scores_0_with_a_clear_message_per_test(graded):
 def test_a_known_mistake_loses_points_on_its_test_with_the_self_checks_diagnosis(graded, mistake):
     _, _, _, loser, words = MISTAKES[mistake]
     tests = by_name(graded["results"][mistake.replace(" ", "_")])
-    assert list(tests) == [MIXTURE, BOUND, IWAE]  # --only
+    assert list(tests) == [MIXTURE, BOUND]  # --only
     assert tests[loser]["score"] < tests[loser]["max_score"]
     assert "likely cause: " + words in tests[loser]["output"], tests[loser]["output"]
     if loser == BOUND:  # a mistake in the bound leaves the mixture's test whole
@@ -371,14 +435,14 @@ def test_a_missing_file_is_named_and_other_files_are_ignored(graded):
     tests = by_name(results)
     assert "Missing: gmvae.py (codebase/models/gmvae.py)" in results["output"]
     assert "2 other file(s) ignored" in results["output"]
-    assert tests[MIXTURE]["score"] == 25 and tests[BOUND]["score"] == 0
+    assert tests[MIXTURE]["score"] == 30 and tests[BOUND]["score"] == 0
     assert "not implemented yet" in tests[BOUND]["output"]
 
 
 def test_a_syntax_error_is_named_with_its_line_and_every_test_says_why_it_got_0(graded):
     results = graded["results"]["syntax_error"]
     line = UTILS.count("\n") + 2
-    assert f"utils.py does not compile: " in results["output"] and f"(line {line})" in results["output"]
+    assert "utils.py does not compile: " in results["output"] and f"(line {line})" in results["output"]
     assert results["score"] == 0
     tests = by_name(results)
     assert "cannot import codebase.utils: SyntaxError" in tests[MIXTURE]["output"]
@@ -387,7 +451,7 @@ def test_a_syntax_error_is_named_with_its_line_and_every_test_says_why_it_got_0(
 
 def test_a_missing_name_costs_only_the_file_that_has_it(graded):
     tests = by_name(graded["results"]["missing_name"])
-    assert tests[MIXTURE]["score"] == 25
+    assert tests[MIXTURE]["score"] == 30
     assert tests[BOUND]["score"] == 0
     assert "NameError: name 'undefined_helper' is not defined" in tests[BOUND]["output"]
     assert "NameError: name 'undefined_helper' is not defined" in tests["Training: NELBO"]["output"]
@@ -412,19 +476,18 @@ def test_a_memory_hog_hits_the_cap_and_is_told_so(graded):
     tests = by_name(graded["results"]["memory"])
     assert tests[MIXTURE]["score"] == 0
     assert "allocate" in tests[MIXTURE]["output"], tests[MIXTURE]["output"]
-    assert tests[BOUND]["score"] < 25  # it calls the mixture
+    assert tests[BOUND]["score"] < 30  # it calls the mixture
 
 
-def test_a_hang_times_out_on_its_tests_and_the_rest_is_graded(graded):
+def test_a_hang_times_out_on_its_own_check_and_the_rest_is_graded(graded):
     results = graded["results"]["hang"]
     tests = by_name(results)
-    assert list(tests) == [name for name in autograder.POINTS if name != IWAE]  # --only: all but the IWAE test
-    assert tests[MIXTURE]["score"] == 25  # graded in a run of its own after the first run hung
-    assert tests[BOUND]["score"] == 0 and f"Timed out after {HANG_CHECK_SECONDS} s" in tests[BOUND]["output"]
+    assert tests[MIXTURE]["score"] == 30  # its checks ran before the hang, in the same run
+    assert tests[BOUND]["score"] == 0
+    assert f"Timed out after {HANG_CHECK_SECONDS} s on this check" in tests[BOUND]["output"]
     for name in FIGURES:
         assert f"timed out after {HANG_TRAIN_SECONDS} s" in tests[name]["output"]
-    assert tests[GRID]["score"] == 0 and "did not finish" in tests[GRID]["output"]
-    assert results["execution_time"] < 4 * HANG_CHECK_SECONDS + HANG_TRAIN_SECONDS + 60
+    assert tests[GRID]["score"] == 0
 
 
 def test_a_submission_cannot_replace_results_or_change_the_grader(graded):
@@ -433,31 +496,66 @@ def test_a_submission_cannot_replace_results_or_change_the_grader(graded):
     tests = by_name(results)
     assert results["score"] == 60 and all(t["score"] == t["max_score"] for t in results["tests"])
     assert len(json.dumps(results)) < 64 << 10
-    assert re.search(r"Your code printed 104,857,6\d\d bytes \(kept: the first and last 2,048\)", tests[MIXTURE]["output"])
+    assert re.search(r"Your code printed 104,857,6\d\d bytes of output \(kept: the first and last 2,048\)",
+                     tests[MIXTURE]["output"])
     grader = graded["hostile_source"] / "course/autograder.py"
-    if results["extra_data"]["sandbox"].startswith("as nobody"):
+    if results["extra_data"]["sandbox"].startswith("as uid"):
         # As on Gradescope: both writes were refused, and the student sees why.
         assert "hostile: PermissionError" in tests[MIXTURE]["output"]
         assert grader.read_bytes() == (ROOT / "course/autograder.py").read_bytes()
         assert "Warning" not in results["output"]
     else:
-        # Not root, or no Python the sandbox user can run: the writes happen, are caught and are reported,
-        # and results.json is the grader's own, written last.
+        # Not root: the writes happen, are caught and are reported, and results.json is the grader's own.
         assert "changed by a submission" in grader.read_text()
         assert "Warning: the grading code changed while your code ran" in results["output"]
         assert "Warning: something other than the grader wrote results.json" in results["output"]
         assert results["extra_data"]["grader_changed"] and results["extra_data"]["results_written_by_submission"]
 
 
+# ---------------------------------------------------------------------------------------------
+# Ways to get the points without the work: each scores 0 on the tests it aims at
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cheat", ["forged_lines", "patched_probe", "stored_values", "copied_code"])
+def test_a_cheat_on_the_functions_scores_0_on_them(graded, cheat):
+    tests = by_name(graded["results"][cheat])
+    aimed_at = [BOUND] if cheat == "copied_code" else [MIXTURE, BOUND]
+    for name in aimed_at:
+        assert tests[name]["score"] == 0, (cheat, tests[name]["output"])
+    if cheat == "copied_code":  # the importance-weighted bound is not in the starter to be called
+        assert "not implemented yet (negative_iwae_bound raises NotImplementedError)" in tests[BOUND]["output"]
+        assert tests[MIXTURE]["score"] == 30
+    if cheat == "forged_lines":  # its lines are shown as its output, never read as verdicts
+        assert "| PASS  log_normal_mixture" in tests[MIXTURE]["output"]
+
+
+@pytest.mark.parametrize("cheat", ["fake_run_files", "constant_bound"])
+def test_a_run_that_learns_nothing_scores_0_whatever_files_it_leaves(graded, cheat):
+    results = graded["results"][cheat]
+    tests = by_name(results)
+    for name in (*FIGURES, GRID):
+        assert tests[name]["score"] == 0, (cheat, tests[name]["output"])
+    nelbo = tests["Training: NELBO"]["output"]
+    assert re.search(r"NELBO 5\d\d\.\d\d is far outside", nelbo), nelbo  # an untrained model's, computed by the grader
+    assert tests[BOUND]["score"] == 0
+    if cheat == "fake_run_files":  # what it printed is shown beside the grader's figures, and named
+        assert "Your run printed: NELBO 97.50, KL 17.50, Rec 80.00" in nelbo
+        assert "more than the Monte-Carlo noise" in nelbo
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
 def test_batch_writes_a_row_per_submission_and_a_column_per_test(graded):
     rows = list(csv.DictReader(io.StringIO(graded["csv"]["full"])))
-    assert [r["submission"] for r in rows] == ["answer", "missing_name", "nan", "raises_and_wrong_shape", "starter",
-                                               "syntax_error"]
+    assert [r["submission"] for r in rows] == ["answer", "constant_bound", "fake_run_files", "missing_name", "nan",
+                                               "raises_and_wrong_shape", "starter", "syntax_error"]
     assert list(rows[0]) == ["submission", "score", *autograder.POINTS, "problem"]
     answer = rows[0]
     assert float(answer["score"]) == 100 and float(answer["Training: NELBO"]) == 15
-    assert float(rows[4]["score"]) == 0 and all(not r["problem"] for r in rows)
-    assert "[6/6]" in graded["outputs"]["full"]
+    assert float(rows[6]["score"]) == 0 and all(not r["problem"] for r in rows)
+    assert "[8/8]" in graded["outputs"]["full"]
 
 
 def test_a_folder_and_a_zip_of_one_name_are_two_submissions(tmp_path):
@@ -483,9 +581,12 @@ def test_batch_does_not_report_an_earlier_batchs_results(tmp_path, monkeypatch):
 
 @pytest.mark.full
 def test_the_zip_installs_with_its_own_setup_and_grades_the_model_answer_in_full():
-    """course/ci_full_grade.sh: setup.sh into a fresh venv, then 20,000 iterations of the model answer."""
+    """course/ci_full_grade.sh: setup.sh into a fresh venv, then 20,000 iterations of the model answer,
+    as root where it can be, with the limits that are shipped."""
     out = subprocess.run(["bash", str(ROOT / "course" / "ci_full_grade.sh")], capture_output=True, text=True,
-                         timeout=1800)
+                         timeout=3600)
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "score: 100 / 100" in out.stdout
+    if os.geteuid() == 0:
+        assert "the student's code ran as uid" in out.stdout

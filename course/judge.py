@@ -1,0 +1,137 @@
+"""The grader's judge: the figures of a grading, computed on the trusted side. It never imports the
+submission: it runs from the grading code's own folder, whose codebase/ is the starter's.
+
+    python -m course.judge --seed SEED --probe FOLDER --checks NAME... [--checkpoint FILE --data-dir DIR] --out FILE
+
+- The checks: each result file that the sandboxed probe wrote (FOLDER/<name>.pt, copied there by the
+  grader) is loaded with weights_only=True and judged against the references, computed afresh for
+  this grading's seed (codebase.check.references, which the sandbox user cannot read).
+- The training: the run's final checkpoint is loaded the same way; its model's keys, shapes and dtypes
+  must be the starter GMVAE's. NELBO, KL and Rec are computed with the reference bound on the course's
+  100-image subset, as the course evaluates (binarised once with seed 0, 100 evaluations averaged),
+  and the 10 x 20 grid is drawn from those weights.
+The verdicts and figures go to FILE as JSON, the grid beside it as a PNG.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from codebase.check import judge, references
+from codebase.check.registry import CHECKS, by_name
+from codebase.config import GRID_COLS, GRID_ROWS
+from codebase.data import load_mnist
+from codebase.evaluate import SUBSET_REPEATS, eval_subset, sample_binary
+from codebase.files import write_png_grid
+from codebase.models import GMVAE
+from codebase.reference import GRADED_SETTING
+
+REPEATS_AT_ONCE = 10  # subset evaluations per pass: bounds the judge's memory
+
+
+def judge_checks(seed, names, folder):
+    """{name: {"passed", "line"}} of the checks named, in the registry's order, from their probe files."""
+    wanted = [c for c in CHECKS if c.name in names]
+    verdicts, failed = {}, []
+    for check in wanted:
+        path = Path(folder) / f"{check.name}.pt"
+        if not path.is_file():
+            continue  # it never ran: the grader says why
+        try:
+            found = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:
+            found = {"error": {"type": "unreadable", "message": f"its results cannot be read ({type(e).__name__})"}}
+        v = judge.verdict(check, found, references.expected(check, seed), failed)
+        if not v.passed:
+            failed.append(check.name)
+        verdicts[check.name] = {"passed": v.passed, "line": v.line}
+    return verdicts
+
+
+def trained_state(path):
+    """The model's parameters from a checkpoint, as {name: float32 tensor}; or why they cannot be used."""
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        return None, f"the checkpoint cannot be loaded as weights ({type(e).__name__})"
+    state = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        return None, "the checkpoint holds no model weights"
+    z, k = GRADED_SETTING["gmvae"]["z"], GRADED_SETTING["gmvae"]["k"]
+    with torch.random.fork_rng(devices=[]):
+        wanted = GMVAE(z_dim=z, k=k).state_dict()
+    if set(state) != set(wanted):
+        missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
+        return None, (f"its weights are not the starter GMVAE's (missing: {', '.join(missing) or 'none'}; "
+                      f"unexpected: {', '.join(map(str, extra[:5])) or 'none'})")
+    for name, want in wanted.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            what = f"{tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
+            return None, f"its {name} is {what}, where the starter GMVAE's is {tuple(want.shape)} {want.dtype}"
+        if not torch.isfinite(got).all():
+            return None, f"its {name} holds nan or inf: training diverged"
+    return {name: state[name].contiguous() for name in wanted}, None
+
+
+def figures(state, test_x):
+    """NELBO, KL and Rec of the trained weights by the reference bound, on the course's subset as the course
+    evaluates it; each with its standard deviation over the evaluations."""
+    subset = eval_subset(test_x, torch.device("cpu"))
+    state64 = {name: t.double() for name, t in state.items()}
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for start in range(0, SUBSET_REPEATS, REPEATS_AT_ONCE):
+            repeats = min(REPEATS_AT_ONCE, SUBSET_REPEATS - start)
+            eps = torch.randn(repeats, *subset.shape[:1], GRADED_SETTING["gmvae"]["z"], generator=generator,
+                              dtype=torch.float64)
+            t = references.terms("gmvae", state64, subset, eps)
+            kl, rec = (t["log_q"] - t["log_p"]).mean(1), -t["log_px"].mean(1)
+            rows.append(torch.stack([kl + rec, kl, rec], 1))
+    rows = torch.cat(rows)
+    return {**dict(zip(("nelbo", "kl", "rec"), rows.mean(0).tolist())),
+            **dict(zip(("nelbo_sd", "kl_sd", "rec_sd"), rows.std(0).tolist()))}
+
+
+def judge_training(checkpoint, data_dir, grid_path):
+    """{"problem"} or {"figures", "grid"}: the trained model's figures and the grid drawn from it."""
+    state, problem = trained_state(checkpoint)
+    if problem:
+        return {"problem": problem}
+    _, _, test_x, _ = load_mnist(data_dir, log=lambda *a: None)
+    found = figures(state, test_x)
+    if not all(math.isfinite(v) for v in found.values()):
+        return {"problem": "the bound of these weights is not finite"}
+    model = GMVAE(z_dim=GRADED_SETTING["gmvae"]["z"], k=GRADED_SETTING["gmvae"]["k"])
+    model.load_state_dict(state)
+    draws = sample_binary(model, GRID_ROWS * GRID_COLS, torch.device("cpu"))
+    write_png_grid(grid_path, draws, GRID_ROWS, GRID_COLS)
+    return {"figures": found, "grid": {"rows": GRID_ROWS, "cols": GRID_COLS, "ink": float(draws.mean())}}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m course.judge", description=__doc__.splitlines()[0])
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--probe", required=True, help="the probe's result files, one per check, named <check>.pt")
+    p.add_argument("--checks", nargs="*", default=[], help="the checks to judge, by name")
+    p.add_argument("--checkpoint", help="the training run's final checkpoint")
+    p.add_argument("--data-dir", dest="data_dir", help="MNIST")
+    p.add_argument("--out", required=True, help="the verdicts and figures, as JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    for name in args.checks:
+        by_name(name)  # an unknown name is the grader's mistake: fail loudly
+    out = Path(args.out)
+    found = {"checks": judge_checks(args.seed, args.checks, args.probe)}
+    if args.checkpoint:
+        found["training"] = judge_training(args.checkpoint, args.data_dir, out.with_suffix(".png"))
+    out.write_text(json.dumps(found, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""The sandbox in which the grader runs a student's code: a user of its own, limits, and safe reading.
+
+When the grader is root (as on Gradescope), each grading claims a user id that nothing else uses
+(CLAIMED_UIDS, reserved by a lock file) and runs every child process of the student's code as that
+user, with no supplementary groups and no_new_privs set (so setuid programs do not raise it), in a
+private work folder that only that user and root can enter. Each child has limits: its run time,
+its address space, the size of any one file, the number of processes and threads of the user, and
+the total disk that the user's files take; past a limit the child is stopped and the student told
+which. When a child ends, every process of that user is killed, whatever session or group it moved
+to, so nothing outlives it. If the user cannot run the grader's Python with torch and read MNIST,
+the grader refuses to grade (SandboxError): it never runs submitted code as root.
+
+As another user than root (a local regrade), the student's code runs as that user: only the time,
+memory, file-size and output limits hold, and a child is killed with its process group alone.
+
+Everything read from the work folder is read without following a symbolic link in any part of its
+path (read_beneath), and text from the submission is shown escaped (shown, clean).
+"""
+import ctypes
+import errno
+import fcntl
+import os
+import random
+import re
+import resource
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLAIMED_UIDS = range(40000, 60000)  # inside what a container's user namespace usually maps (0 to 65535)
+LOCKS = Path(tempfile.gettempdir())  # <LOCKS>/.autograder-uid-<uid>.lock, held while a grading uses the uid
+MEMORY_GB = 6.0  # address space per child; torch alone maps about 3 GB of it, training adds about 1.5
+FILE_MB = 512  # the largest file a child may write (a checkpoint is under 10 MB)
+DISK_MB = 1024  # all the files of the sandbox user together
+PROCESSES = 128  # processes and threads of the sandbox user (training uses about 10)
+KEEP_BYTES = 2048  # of a child's output: this much of the start and of the end
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # where any user may write outside the work folder
+POLL_SECONDS = 0.5
+PR_SET_NO_NEW_PRIVS = 38
+# Run as the sandbox user by the grader's Python: it must import torch and read the MNIST folder.
+CAN_RUN = """import os, sys
+import torch
+for name in sorted(os.listdir(sys.argv[1])):
+    with open(os.path.join(sys.argv[1], name), "rb") as f:
+        f.read(16)
+"""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot be set up; nothing may be graded. The message says what to fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Text from the submission
+# ---------------------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text):
+    """Printed output, shown as plain text: control characters (escapes, NUL, carriage returns) removed,
+    and each line marked as the submission's with "| ", so that none reads as one of the grader's."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n"))
+    return "\n".join(f"| {line}" for line in text.splitlines())
+
+
+def shown(name):
+    """A name from the submission (a file or zip member) on one line, non-printable characters escaped."""
+    return "".join(c if c.isprintable() and c not in "\n\r" else repr(c)[1:-1] for c in str(name))[:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading what the student's code wrote, never following a link
+# ---------------------------------------------------------------------------------------------
+
+def _open_beneath(root, relative, flags):
+    """An fd of root/relative opened with `flags`, each part of `relative` opened without following a link."""
+    parts = [p for p in Path(relative).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise OSError(errno.EPERM, f"{relative}: .. is not allowed")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd) if parts else os.dup(fd)
+    finally:
+        os.close(fd)
+
+
+def read_beneath(root, relative, limit):
+    """The bytes of the regular file root/relative, at most `limit` of them.
+
+    Returns:
+        data: bytes, or None if it is missing, a link (anywhere on the path), not a regular file,
+            or larger than `limit`; and why not, in a few words
+    """
+    try:
+        fd = _open_beneath(root, relative, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        return None, "a symbolic link" if e.errno in (errno.ELOOP, errno.ENOTDIR) else "missing"
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file"
+        if info.st_size > limit:
+            return None, f"larger than {limit >> 20} MB"
+        return f.read(limit + 1)[:limit], ""
+
+
+def list_beneath(root, relative):
+    """The names in the folder root/relative (opened as read_beneath does), or [] if it is not one."""
+    try:
+        fd = _open_beneath(root, relative, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return []
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# A child process and its output
+# ---------------------------------------------------------------------------------------------
+
+class Capture:
+    """A child's output stream, kept to its first and last KEEP_BYTES."""
+
+    def __init__(self):
+        self.head, self.tail, self.total = bytearray(), bytearray(), 0
+
+    def feed(self, data):
+        self.total += len(data)
+        room = KEEP_BYTES - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail = (self.tail + data)[-KEEP_BYTES:]
+
+    def text(self):
+        """What was kept, with a marker where bytes were left out."""
+        head = self.head.decode("utf-8", errors="replace")
+        if self.total <= len(self.head) + len(self.tail):
+            return head + self.tail.decode("utf-8", errors="replace")
+        left_out = self.total - len(self.head) - len(self.tail)
+        return head + f"\n[... {left_out:,} bytes left out ...]\n" + self.tail.decode("utf-8", errors="replace")
+
+
+@dataclass
+class Outcome:
+    returncode: int  # negative: killed by that signal
+    timed_out: bool
+    out: Capture
+    err: Capture
+    stopped: str = ""  # the limit it was stopped at (processes, disk), in words; "" if none
+    seconds: float = 0.0
+
+    def why(self, memory_gb):
+        """Why the child ended without finishing, in words."""
+        if self.stopped:
+            return f"stopped: {self.stopped}"
+        last = [line for line in self.err.text().splitlines() if line.strip()]
+        tail = f": {shown(last[-1].strip())[:300]}" if last else ""
+        code = self.returncode
+        if code == -signal.SIGKILL or "MemoryError" in tail or "can't allocate memory" in tail:
+            return f"exit {code}{tail}; it may have run out of memory (the cap is {memory_gb:g} GB)"
+        if code < 0:
+            return f"killed by signal {-code}{tail}"
+        return f"exit status {code}{tail}"
+
+
+def _no_new_privileges():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+
+
+@dataclass
+class Sandbox:
+    """Who runs the student's code, and under which limits."""
+    uid: int = None  # None: as this process's user (not root)
+    memory_gb: float = MEMORY_GB
+    threads: int = 1
+    disk_mb: int = DISK_MB
+    processes: int = PROCESSES
+    _lock: int = None  # the fd of the uid's lock file
+
+    @property
+    def gid(self):
+        return self.uid  # a group of its own, as unused as the uid
+
+    @staticmethod
+    def open(python, data_dir, memory_gb=MEMORY_GB, threads=1, disk_mb=DISK_MB, processes=PROCESSES):
+        """A sandbox for one grading: as root, under a uid of its own that can run `python` with torch
+        and read `data_dir`/MNIST/raw; else as this user.
+
+        Raises:
+            SandboxError: root, but the claimed user cannot run the grader's Python or read MNIST
+        """
+        if os.geteuid() != 0:
+            return Sandbox(None, memory_gb, threads, disk_mb, processes)
+        box = Sandbox(None, memory_gb, threads, disk_mb, processes)
+        box.uid, box._lock = _claim_uid()
+        raw = Path(data_dir) / "MNIST" / "raw"
+        try:
+            outcome = box.run([str(python), "-c", CAN_RUN, str(raw)], "/", {"PATH": "/usr/bin:/bin"}, 120)
+        except OSError as e:
+            outcome = None
+            problem = f"{type(e).__name__}: {e}"
+        if outcome is None or outcome.returncode != 0:
+            if outcome is not None:
+                problem = outcome.why(memory_gb)
+            box.close()
+            raise SandboxError(
+                f"the sandbox user (uid {box.uid}) cannot run {python} with torch and read {raw} ({problem}); "
+                "refusing to run the submission as root. Install the grader's Python, its packages and MNIST "
+                "where every user can read them, with every folder on their paths traversable (setup.sh does).")
+        return box
+
+    def describe(self):
+        if self.uid is None:
+            return f"as this process's user (uid {os.geteuid()}), not in a sandbox: the grader is not root"
+        return f"as uid {self.uid}, a user of its own for this grading, with no privileges"
+
+    def _preexec(self):
+        """What the child does after fork, before it runs the student's code."""
+        memory, uid = int(self.memory_gb * (1 << 30)), self.uid
+
+        def apply():
+            os.umask(0o077)
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_MB << 20, FILE_MB << 20))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if uid is not None:
+                resource.setrlimit(resource.RLIMIT_NPROC, (self.processes, self.processes))
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            _no_new_privileges()
+
+        return apply
+
+    def run(self, argv, cwd, env, timeout, progress=None):
+        """Run argv in cwd as the sandbox user; stop it at `timeout` s or at a limit, then kill what it left.
+
+        progress: (count, step, startup) or None: count() is how many steps the child has finished;
+            it is stopped once `step` s pass without a new one (`startup` s before the first)
+        """
+        began = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                                preexec_fn=self._preexec())
+        out, err = Capture(), Capture()
+        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        selector = selectors.DefaultSelector()
+        for fd in streams:
+            selector.register(fd, selectors.EVENT_READ)
+        deadline, drain_until, timed_out, stopped = began + timeout, None, False, ""
+        steps, step_deadline = 0, began + (progress[2] if progress else timeout)
+        next_look = began
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_look:
+                    next_look = now + POLL_SECONDS
+                    done = progress[0]() if progress else 0
+                    if done > steps:
+                        steps, step_deadline = done, now + progress[1]
+                    stopped = self._over_a_limit(cwd)
+                    if stopped:
+                        break
+                if now >= min(deadline, step_deadline):
+                    timed_out = proc.poll() is None
+                    break
+                if proc.poll() is not None:
+                    drain_until = drain_until or now + 2.0  # a process it left behind may hold the pipes open
+                    if not selector.get_map() or now >= drain_until:
+                        break
+                wait = max(min(POLL_SECONDS, next_look - now, min(deadline, step_deadline) - now), 0.01)
+                if not selector.get_map():
+                    time.sleep(wait)
+                for key, _ in selector.select(timeout=wait) if selector.get_map() else ():
+                    data = os.read(key.fd, 1 << 16)
+                    if data:
+                        streams[key.fd].feed(data)
+                    else:
+                        selector.unregister(key.fd)
+        finally:
+            selector.close()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.kill_all()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        return Outcome(proc.returncode, timed_out, out, err, stopped, time.monotonic() - began)
+
+    # --- the user's processes and files ---
+
+    def _processes(self):
+        """{pid: threads} of the sandbox user's live processes."""
+        found = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                continue
+            zombie = fields.get("State", "").strip().startswith("Z")  # dead, waiting only to be reaped
+            if not zombie and self.uid in map(int, fields.get("Uid", "").split()):
+                found[int(entry.name)] = int(fields.get("Threads", "1"))
+        return found
+
+    def kill_all(self):
+        """Kill every process of the sandbox user, whatever session or group it moved to."""
+        if self.uid is None:
+            return
+        for _ in range(100):
+            if not self._processes():
+                return
+            pid = os.fork()
+            if pid == 0:  # as the user: kill(-1) reaches all of its processes, and no others
+                try:
+                    os.setresgid(self.gid, self.gid, self.gid)
+                    os.setresuid(self.uid, self.uid, self.uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            time.sleep(0.02)
+        raise SandboxError(f"the processes of uid {self.uid} could not all be killed")
+
+    def _owned(self, roots):
+        """[path] of the files and folders the sandbox user owns under `roots`, walking only folders that it
+        owns or anyone may write into (nowhere else can it have created anything)."""
+        found, todo = [], [Path(r) for r in roots]
+        while todo:
+            folder = todo.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                mine = info.st_uid == self.uid
+                if mine:
+                    found.append(Path(entry.path))
+                if stat.S_ISDIR(info.st_mode) and (mine or info.st_mode & 0o002):
+                    todo.append(Path(entry.path))
+        return found
+
+    def disk_bytes(self, workdir):
+        """The bytes on disk of every file of the sandbox user (the work folder and the shared temporary ones)."""
+        total = 0
+        for path in self._owned([workdir, *WORLD_WRITABLE]):
+            try:
+                total += os.lstat(path).st_blocks * 512
+            except OSError:
+                pass
+        return total
+
+    def _over_a_limit(self, workdir):
+        """The limit the sandbox user is past, in words, or ""."""
+        if self.uid is None:
+            return ""
+        tasks = sum(self._processes().values())
+        if tasks >= self.processes - 2:
+            return f"your code started {tasks} processes and threads; the limit is {self.processes}"
+        if self.disk_bytes(workdir) > self.disk_mb << 20:
+            return f"your code's files took more than {self.disk_mb:,} MB of disk, the limit"
+        return ""
+
+    def close(self):
+        """Kill what is left of the user, delete its files outside the work folder, and free the uid."""
+        if self.uid is not None:
+            self.kill_all()
+            for path in sorted(self._owned(WORLD_WRITABLE), key=lambda p: -len(p.parts)):
+                try:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                except OSError:
+                    pass
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    # --- the work folder ---
+
+    def make_workdir(self, files, writable):
+        """A private work folder: `files` ({path: bytes}) read-only to the sandbox user, and the folders
+        `writable`, which it owns. Only that user (by its group) and root can enter it."""
+        workdir = Path(tempfile.mkdtemp(prefix="autograder-"))
+        for name, data in files.items():
+            path = workdir / name
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            path.write_bytes(data)
+            os.chmod(path, 0o644)
+        for folder in [workdir, *(p for p in workdir.rglob("*") if p.is_dir())]:
+            os.chmod(folder, 0o755)
+        if self.uid is not None:
+            os.chown(workdir, 0, self.gid)
+            os.chmod(workdir, 0o750)
+        for name in writable:
+            self.reset(workdir / name)
+        return workdir
+
+    def reset(self, path):
+        """An empty folder at `path`, owned by the sandbox user. Every process of the user is killed first,
+        so none can keep writing into it.
+
+        Raises:
+            OSError: it cannot be emptied (a process of the grader's own user keeps writing into it)
+        """
+        self.kill_all()
+        for attempt in range(5):
+            try:
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+                elif path.exists():
+                    shutil.rmtree(path)
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+        path.mkdir(mode=0o700)
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid)
+
+
+def _claim_uid():
+    """(uid, fd of its lock): a uid in CLAIMED_UIDS that no account, process or other grading uses."""
+    accounts = set()
+    try:
+        with open("/etc/passwd") as f:
+            accounts = {int(line.split(":")[2]) for line in f if line.count(":") >= 3 and line.split(":")[2].isdigit()}
+    except OSError:
+        pass
+    candidates = [u for u in random.sample(CLAIMED_UIDS, 200) if u not in accounts]
+    for uid in candidates:
+        fd = os.open(LOCKS / f".autograder-uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if Sandbox(uid)._processes():  # left over from a grading that was killed: not free
+            os.close(fd)
+            continue
+        return uid, fd
+    raise SandboxError(f"no free user id in {CLAIMED_UIDS.start} to {CLAIMED_UIDS.stop - 1}")
