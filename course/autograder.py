@@ -399,6 +399,10 @@ def probe(names, workdir, box, seed, trusted, options):
             finished = i + 1
         if finished == len(todo):
             return done
+        if outcome.stopped:  # a bound of the whole user, not of one check: the rest would hit it again
+            for name in todo[finished:]:
+                done.problems[name] = f"the self-check was {outcome.why(box.memory_gb)}"
+            return done
         if outcome.timed_out:
             done.problems[todo[finished]] = (f"Timed out after {options.check_seconds:g} s on this check: is there "
                                              "an endless loop or a sleep in your code?")

@@ -11,9 +11,11 @@
 #   bash course/ci_full_grade.sh
 #
 # Settings: PYTHON (the Python for the venv; default /usr/bin/python3 when it is 3.11 or newer,
-# whose files the sandbox user can read, else python3), TORCH_INDEX (default empty: the machine's
-# ordinary pip configuration; setup.sh's own default on Gradescope is PyTorch's CPU index),
-# AUTOGRADER_FLAGS (more flags for the grade command, e.g. "--threads 1" on a shared machine).
+# whose files the sandbox user can read, else python3), BUILD_PYTHON (a Python with torch, which
+# building the zip needs for the starter's stored expected values; default .venv/bin/python),
+# TORCH_INDEX (default empty: the machine's ordinary pip configuration; setup.sh's own default on
+# Gradescope is PyTorch's CPU index), AUTOGRADER_FLAGS (more flags for the grade command, e.g.
+# "--threads 1" on a shared machine).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -23,6 +25,7 @@ if [ -z "${PYTHON:-}" ]; then
     fi
 fi
 export PYTHON TORCH_INDEX="${TORCH_INDEX-}"
+BUILD_PYTHON="${BUILD_PYTHON:-$REPO/.venv/bin/python}"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/autograder-ci.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -30,8 +33,8 @@ chmod 755 "$WORK"
 export AUTOGRADER_ROOT="$WORK"  # setup.sh and run_autograder use it in place of /autograder
 started=$SECONDS
 
-# 1. The zip, unpacked as Gradescope does (building it needs only the standard library).
-(cd "$REPO" && "$PYTHON" -m course.autograder build "$WORK/autograder.zip")
+# 1. The zip, unpacked as Gradescope does.
+(cd "$REPO" && "$BUILD_PYTHON" -m course.autograder build "$WORK/autograder.zip")
 "$PYTHON" -m zipfile -e "$WORK/autograder.zip" "$WORK/source"
 cp "$WORK/source/run_autograder" "$WORK/run_autograder" && chmod +x "$WORK/run_autograder"
 

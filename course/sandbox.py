@@ -304,6 +304,8 @@ class Sandbox:
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
+        # Files outlive their writer: a child that ended between two looks is still past the disk bound.
+        stopped = stopped or self._over_a_limit(cwd, processes=False)
         return Outcome(proc.returncode, timed_out, out, err, stopped, time.monotonic() - began)
 
     # --- the user's processes and files ---
@@ -375,11 +377,11 @@ class Sandbox:
                 pass
         return total
 
-    def _over_a_limit(self, workdir):
+    def _over_a_limit(self, workdir, processes=True):
         """The limit the sandbox user is past, in words, or ""."""
         if self.uid is None:
             return ""
-        tasks = sum(self._processes().values())
+        tasks = sum(self._processes().values()) if processes else 0
         if tasks >= self.processes - 2:
             return f"your code started {tasks} processes and threads; the limit is {self.processes}"
         if self.disk_bytes(workdir) > self.disk_mb << 20:

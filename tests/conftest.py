@@ -26,6 +26,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (left out where there is none)")
+    config.addinivalue_line("markers", "root: switches users, as the grader does on Gradescope (left out where "
+                                       "the tests do not run as root)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,6 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
     marks = set() if config.getoption("--full") else {"network", "full"}
     marks |= set() if torch.cuda.is_available() else {"cuda"}
+    marks |= set() if os.geteuid() == 0 else {"root"}
     left_out = [item for item in items if any(item.get_closest_marker(mark) for mark in marks)]
     if left_out:
         config.hook.pytest_deselected(items=left_out)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -104,6 +105,7 @@ if _sys.argv and _sys.argv[0].endswith("run_gmvae.py"):  # forge every file of a
     _torch.save({"model": _GMVAE().state_dict(), "iteration": 20}, f"checkpoints/{_run}/model-00020.pt")
     _os._exit(0)
 '''
+EVIL_NAME = "evil\nScore: 100 / 100.\n\x1b[31m\x07/utils.py"  # a line of the grader's own, in a zip member's name
 CONSTANT_BOUND = '''z = torch.zeros((), requires_grad=True)  # a bound that trains nothing
         return z + 97.5, z + 17.5, z + 80.0'''
 
@@ -203,6 +205,15 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
     write_files(checks / "stored_values", {"utils.py": UTILS_STUB + STORED_VALUES, "gmvae.py": GMVAE_STUB})
     write_files(checks / "copied_code", {"utils.py": UTILS, "gmvae.py": changed(
         GMVAE_STUB, BOUND_STUB, "return self.negative_iwae_bound(x, 1, generator)")})
+    with zipfile.ZipFile(checks / "damaged_zip.zip", "w", zipfile.ZIP_STORED) as z:  # gmvae.py's CRC is wrong
+        z.writestr("utils.py", UTILS)
+        z.writestr("gmvae.py", GMVAE)
+    data = (checks / "damaged_zip.zip").read_bytes()
+    at = data.index(b"class GMVAE")
+    (checks / "damaged_zip.zip").write_bytes(data[:at] + b"klass" + data[at + 5:])
+    with zipfile.ZipFile(checks / "evil_names.zip", "w") as z:
+        z.writestr(EVIL_NAME, UTILS)
+        z.writestr("gmvae.py", GMVAE)
     hang = write_files(tmp / "hang", {"utils.py": UTILS, "gmvae.py": changed(
         GMVAE, BOUND_FIRST, "import time\n        time.sleep(3600)\n        " + BOUND_FIRST)})
     # Its own copy of the grader: where the sandbox cannot stop it, it changes that copy.
@@ -512,6 +523,23 @@ def test_a_submission_cannot_replace_results_or_change_the_grader(graded):
         assert results["extra_data"]["grader_changed"] and results["extra_data"]["results_written_by_submission"]
 
 
+def test_a_damaged_zip_is_named_as_the_submissions_and_the_rest_is_graded(graded):
+    results = graded["results"]["damaged_zip"]
+    tests = by_name(results)
+    assert "damaged_zip.zip is damaged at gmvae.py (Bad CRC-32" in results["output"], results["output"]
+    assert "Missing: gmvae.py" in results["output"]
+    assert tests[MIXTURE]["score"] == 30 and "autograder failed" not in json.dumps(results)
+
+
+def test_a_file_name_from_the_submission_is_shown_escaped_on_one_line(graded):
+    results = graded["results"]["evil_names"]
+    lines = results["output"].splitlines()
+    assert [line for line in lines if line.startswith("Score:")] == [f"Score: {results['score']:g} / 60."]
+    assert r"Graded: evil\nScore: 100 / 100.\n\x1b[31m\x07/utils.py, gmvae.py." in lines
+    for text in [results["output"]] + [t["output"] for t in results["tests"]]:
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text), text  # no escape, bell or NUL reaches Gradescope
+
+
 # ---------------------------------------------------------------------------------------------
 # Ways to get the points without the work: each scores 0 on the tests it aims at
 # ---------------------------------------------------------------------------------------------
@@ -584,7 +612,7 @@ def test_the_zip_installs_with_its_own_setup_and_grades_the_model_answer_in_full
     """course/ci_full_grade.sh: setup.sh into a fresh venv, then 20,000 iterations of the model answer,
     as root where it can be, with the limits that are shipped."""
     out = subprocess.run(["bash", str(ROOT / "course" / "ci_full_grade.sh")], capture_output=True, text=True,
-                         timeout=3600)
+                         timeout=3600, env={**os.environ, "BUILD_PYTHON": sys.executable})
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "score: 100 / 100" in out.stdout

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gradescope runs this once, as root and with network access, when it builds the grading image.
-# It installs the pinned requirements (torch's CPU-only build) into a venv and puts md5-verified
-# MNIST beside the grading code, so that grading itself needs no network.
+# It installs the pinned requirements (torch's CPU-only build) into a venv, puts md5-verified MNIST
+# beside the grading code, and makes sure that the sandbox's users can run that Python and read
+# MNIST, but not the grading code. Grading itself then needs no network.
 #
 # Settings (environment variables), for running it elsewhere, e.g. course/ci_full_grade.sh:
 #   AUTOGRADER_ROOT  where the venv goes, as $AUTOGRADER_ROOT/venv (default /autograder)
@@ -34,8 +35,26 @@ fi
 "$VENV/bin/pip" install -q -r "$SOURCE/course/gradescope/requirements.txt"
 
 cd "$SOURCE"
-"$VENV/bin/python" -m codebase.data --data-dir "$SOURCE/data"
-# The student's code runs as an unprivileged user: it must read (never write) all of this.
-chmod -R a+rX,go-w "$SOURCE" "$VENV"
+PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/python" -m codebase.data --data-dir "$SOURCE/data"
+
+# The student's code runs as users of no account: they must read (never write) the venv and MNIST,
+# through folders that all may traverse, and must not read the grading code or the references.
+chmod -R a+rX,go-w "$VENV" "$SOURCE/data"
+chmod -R go-rwx "$SOURCE/course" "$SOURCE/codebase/check/references.py"
+chmod 711 "$SOURCE"  # traversable to reach data/, not listable
+folder="$ROOT"
+while [ "$folder" != "/" ]; do chmod o+x "$folder"; folder="$(dirname "$folder")"; done
+for folder in "$SOURCE"/data "$SOURCE"/data/MNIST; do chmod 755 "$folder"; done
+
+# Refuse to build an image in which the grader would refuse to grade.
+"$VENV/bin/python" -c '
+import sys
+from course.sandbox import Sandbox, SandboxError
+try:
+    Sandbox.open(sys.argv[1], sys.argv[2]).close()
+except SandboxError as e:
+    sys.exit(f"setup.sh: {e}")
+print("setup.sh: the sandbox user can run the grader'"'"'s Python with torch and read MNIST")
+' "$VENV/bin/python" "$SOURCE/data"
 "$VENV/bin/python" -c 'import torch; print(f"setup.sh: torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}")'
 du -sh "$VENV" | sed 's/^/setup.sh: venv size /'

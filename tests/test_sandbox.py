@@ -1,0 +1,256 @@
+"""The grader's sandbox (course/sandbox.py) against a hostile submission, as root, as on Gradescope.
+
+Each attack is one that broke an earlier grader: the fallback to root, a setsid daemon outliving
+its child, one submission reaching another in a batch, a folder written to after its child ended,
+a run folder that is a symbolic link, umask 000, a fork bomb, files beyond the disk bound, and
+setuid programs. They need root to switch users, and are left out (deselected, and counted) where
+the tests do not run as root; CI runs as root.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from course import autograder, sandbox
+from course.sandbox import Sandbox, SandboxError
+
+pytestmark = pytest.mark.root
+
+ROOT = Path(__file__).resolve().parents[1]
+UTILS, GMVAE = (ROOT / "codebase/utils.py").read_text(), (ROOT / "codebase/models/gmvae.py").read_text()
+TEST_RANGES = "nelbo=200:240,kl=4:8,rec=195:235"  # as in test_autograder: 20 iterations of the model answer
+RUN = autograder.GRADED.run_name
+
+# A double-forked, setsid daemon that writes into logs/ for two minutes and looks for other gradings.
+DAEMON = '''
+import os as _os, sys as _sys, time as _time, glob as _glob
+if _os.fork() == 0:
+    _os.setsid()
+    if _os.fork() == 0:
+        _end = _time.time() + 120
+        while _time.time() < _end:
+            with open(f"/tmp/daemon-trace-{_os.getuid()}", "a") as _f:
+                _f.write(f"{_time.time()}\\n")
+            try:
+                _os.makedirs("logs", exist_ok=True)
+                open("logs/daemon.txt", "a").write("still here\\n")
+            except OSError:
+                pass
+            for _other in _glob.glob("/tmp/autograder-*/codebase/models/gmvae.py"):
+                try:
+                    open(_other).read()
+                    open(_other.replace("codebase/models/gmvae.py", "logs/pwned"), "w").write("x")
+                    open(f"/tmp/daemon-reached-{_os.getuid()}", "w").write(_other)
+                except OSError:
+                    pass
+            _time.sleep(0.2)
+        _os._exit(0)
+    _os._exit(0)
+'''
+def symlinked_run(secret):
+    """Module code that, in the training run, makes the run's folders links to a root-only folder."""
+    return f'''
+import os as _os, sys as _sys
+if _sys.argv and _sys.argv[0].endswith("run_gmvae.py"):
+    for _kind in ("logs", "checkpoints"):
+        _os.makedirs(_kind, exist_ok=True)
+        _os.symlink({str(secret)!r} + "/" + _kind, _kind + "/" + {RUN!r})
+    _os._exit(0)
+'''
+
+
+FORK_BOMB = '''
+import os as _os
+while True:
+    try:
+        _os.fork()
+    except OSError:
+        pass
+'''
+BIG_FILES = '''
+import os as _os
+for _i in range(12):  # 1.2 GB of allocated blocks, half here and half in the shared /tmp
+    _path = f"home/big-{_i}" if _i % 2 else f"/tmp/big-{_os.getuid()}-{_i}"
+    _fd = _os.open(_path, _os.O_CREAT | _os.O_WRONLY)
+    _os.posix_fallocate(_fd, 0, 100 << 20)
+    _os.close(_fd)
+'''
+PRIVILEGES = '''
+import sys as _sys
+print([line.strip() for line in open("/proc/self/status") if line.startswith("NoNewPrivs")], file=_sys.stderr)
+try:
+    open("codebase/check/probe.py", "a").write("# changed")
+except OSError as _e:
+    print("starter file:", type(_e).__name__, file=_sys.stderr)
+'''
+
+
+def write_files(folder, files):
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def leftovers():
+    """pids of live processes of any user id the grader claims."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) in sandbox.CLAIMED_UIDS and not fields["State"].strip().startswith("Z"):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory):
+    """A root-only folder holding a checkpoint and a results.json that no submission may get graded on."""
+    folder = tmp_path_factory.mktemp("secret")
+    for kind in ("logs", "checkpoints"):
+        (folder / kind).mkdir()
+    (folder / "logs" / "results.json").write_text(json.dumps({"nelbo": 12345.678, "kl": 17.5, "rec": 80.0}))
+    from codebase.models import GMVAE as Model
+    torch.save({"model": Model().state_dict()}, folder / "checkpoints" / "model-00020.pt")
+    os.chmod(folder, 0o700)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def attacks(grader_python, mnist_dir, secret, tmp_path_factory):
+    """Grade the attacks in one batch, two at a time, under umask 000; {name: results.json}."""
+    tmp = tmp_path_factory.mktemp("attacks")
+    folder = tmp / "submissions"
+    answer = {"gmvae.py": GMVAE}
+    write_files(folder / "daemon", {"utils.py": UTILS + DAEMON, **answer})
+    write_files(folder / "victim", {"utils.py": UTILS, **answer})
+    write_files(folder / "symlinked_run", {"utils.py": UTILS + symlinked_run(secret), **answer})
+    write_files(folder / "fork_bomb", {"utils.py": UTILS + FORK_BOMB, **answer})
+    write_files(folder / "big_files", {"utils.py": UTILS + BIG_FILES, **answer})
+    write_files(folder / "privileges", {"utils.py": UTILS + PRIVILEGES, **answer})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    began = time.monotonic()
+    done = subprocess.run([grader_python, "-m", "course.autograder", "batch", str(folder), "--out",
+                           str(tmp / "attacks.csv"), "--iter_max", "20", "--test-ranges", TEST_RANGES,
+                           "--data-dir", str(mnist_dir), "--jobs", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,
+                          preexec_fn=lambda: os.umask(0))
+    assert done.returncode == 0, done.stderr
+    results = {p.stem: json.loads(p.read_text()) for p in (tmp / "attacks").glob("*.json")}
+    return {"results": results, "seconds": time.monotonic() - began}
+
+
+def by_name(results):
+    return {t["name"]: t for t in results["tests"]}
+
+
+def test_as_root_it_refuses_to_grade_rather_than_run_code_as_root(tmp_path, mnist_dir):
+    hidden = tmp_path / "hidden"  # a Python in a folder that only root may enter, as one under /root is
+    hidden.mkdir(mode=0o700)
+    (hidden / "python").symlink_to(sys.executable)
+    marker = tmp_path / "ran"
+    submission = write_files(tmp_path / "sub", {"utils.py": UTILS + f"\nopen({str(marker)!r}, 'w').write('x')\n",
+                                                "gmvae.py": GMVAE})
+    out = tmp_path / "results.json"
+    done = subprocess.run([str(hidden / "python"), "-m", "course.autograder", "grade", str(submission), "--out",
+                           str(out), "--data-dir", str(mnist_dir)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1 and "refusing to run the submission as root" in done.stderr
+    results = json.loads(out.read_text())
+    assert results["score"] == 0 and "refusing to run the submission as root" in results["output"]
+    assert "setup.sh" in results["output"]  # what staff should do
+    assert not marker.exists()  # the submission's code never ran
+
+
+def test_a_daemon_does_not_outlive_its_grading_and_reaches_no_other(attacks):
+    results = attacks["results"]
+    assert not leftovers()
+    assert not list(Path("/tmp").glob("daemon-reached-*"))  # never read another grading's files
+    assert not list(Path("/tmp").glob("daemon-trace-*"))  # its files outside the work folder are gone
+    assert results["victim"]["score"] == 100
+    # It kept writing into logs/ until the grader reset it: that costs nothing, and blames nobody.
+    assert results["daemon"]["score"] == 100, json.dumps(results["daemon"], indent=1)[:3000]
+    assert not [t for t in results["daemon"]["tests"] if "autograder failed" in t["output"]]
+    uids = {r["extra_data"]["sandbox"] for r in results.values()}
+    assert len(uids) == len(results) and all(u.startswith("as uid ") for u in uids)  # a user of its own each
+
+
+def test_a_run_folder_that_is_a_symbolic_link_is_never_followed(attacks):
+    results = attacks["results"]["symlinked_run"]
+    tests = by_name(results)
+    assert "12345" not in json.dumps(results)  # the root-only figures were never read
+    for name in autograder.FIGURE_TESTS:
+        assert tests[name]["score"] == 0 and "a symbolic link" in tests[name]["output"], tests[name]["output"]
+    assert tests[autograder.GRID_TEST]["score"] == 0
+
+
+def test_a_fork_bomb_is_stopped_at_the_process_bound(attacks):
+    tests = by_name(attacks["results"]["fork_bomb"])
+    for name in (autograder.FUNCTION_TESTS + tuple(autograder.FIGURE_TESTS)):  # it forks as its module loads
+        assert tests[name]["score"] == 0
+        assert f"processes and threads; the limit is {sandbox.PROCESSES}" in tests[name]["output"], tests[name]
+    assert not leftovers()
+
+
+def test_files_beyond_the_disk_bound_stop_the_child_and_are_removed(attacks):
+    tests = by_name(attacks["results"]["big_files"])
+    said = f"more than {sandbox.DISK_MB:,} MB of disk, the limit"
+    for name in autograder.FIGURE_TESTS:
+        assert tests[name]["score"] == 0 and said in tests[name]["output"], tests[name]["output"]
+    # The checks that finished before the grader saw the files keep their results; the others are told.
+    assert said in tests[autograder.FUNCTION_TESTS[-1]]["output"]
+    assert not [p for p in Path("/tmp").glob("big-*")]
+
+
+def test_setuid_programs_give_nothing_and_umask_000_opens_no_starter_file(attacks):
+    results = attacks["results"]["privileges"]
+    output = by_name(results)[autograder.FUNCTION_TESTS[0]]["output"]
+    assert "['NoNewPrivs:\\t1']" in output, output
+    assert "starter file: PermissionError" in output
+    assert results["score"] == 100
+
+
+def test_the_sandbox_user_cannot_enter_another_gradings_folder_or_signal_its_processes(grader_python, mnist_dir):
+    a, b = Sandbox.open(grader_python, mnist_dir), Sandbox.open(grader_python, mnist_dir)
+    try:
+        assert a.uid != b.uid
+        folder_a = a.make_workdir({"codebase/models/gmvae.py": b"mine"}, autograder.WRITABLE)
+        folder_b = b.make_workdir({"codebase/models/gmvae.py": b"secret"}, autograder.WRITABLE)
+        sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=b._preexec(), cwd=folder_b)
+        probe = f'''
+import os, signal
+for what, do in [("read", lambda: open({str(folder_b / "codebase/models/gmvae.py")!r}).read()),
+                 ("list", lambda: os.listdir({str(folder_b)!r})),
+                 ("write", lambda: open({str(folder_b / "logs/x")!r}, "w")),
+                 ("signal", lambda: os.kill({sleeper.pid}, signal.SIGKILL))]:
+    try:
+        do()
+        print(what, "allowed")
+    except OSError as e:
+        print(what, type(e).__name__)
+'''
+        outcome = a.run([grader_python, "-c", probe], folder_a, {"PATH": "/usr/bin:/bin"}, 60)
+        assert outcome.out.text().split("\n")[:4] == ["read PermissionError", "list PermissionError",
+                                                      "write PermissionError", "signal PermissionError"]
+        assert sleeper.poll() is None  # a's end killed every process of a, and none of b
+    finally:
+        a.close()
+        b.close()  # kills the sleeper
+    assert sleeper.wait(timeout=10) == -9
+
+
+def test_a_python_the_sandbox_user_cannot_run_is_refused(tmp_path, mnist_dir):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "python").symlink_to(sys.executable)
+    with pytest.raises(SandboxError, match="refusing to run the submission as root"):
+        Sandbox.open(hidden / "python", mnist_dir)
+    assert not re.search(r"\.autograder-uid-\d+\.lock", " ".join(map(str, leftovers())))
