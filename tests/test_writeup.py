@@ -185,7 +185,8 @@ def test_the_committed_data_renders_the_committed_write_up_byte_for_byte(tmp_pat
     out = fresh_writeup(tmp_path)
     command = [sys.executable, "-c", "import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
                "runpy.run_path(sys.argv[0], run_name='__main__')", str(WRITEUP / "make_results.py"),
-               "--data", str(tmp_path / "data"), "--out", str(out), "--project-readme", str(tmp_path / "PROJECT_README.md")]
+               "--data", str(tmp_path / "data"), "--out", str(out),
+               "--project-readme", str(tmp_path / "PROJECT_README.md")]
     for _ in range(2):  # and a second render changes nothing
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

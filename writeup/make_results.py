@@ -166,7 +166,12 @@ def png_gray_levels(path):
 
 
 def grids_from_runs(args):
-    """{GRIDS key: uint8 gray levels} of the seed-0 figures, from the runs' grids and checkpoints."""
+    """The seed-0 figures' gray levels, from the runs' own grids and from their checkpoints.
+
+    Returns:
+        grids: dict: {GRIDS key: numpy uint8 array: (height, width)}
+        test_images: int: images in the test split
+    """
     import torch
 
     from codebase import checkpoint
@@ -471,9 +476,10 @@ def beyond_region(settings, runs, metrics):
         "",
         "![Training curves](training_curves.png)",
         "",
-        f"**Figure 3. Training curves** of the seed-0 runs: each point is the mean, over {metrics['gmvae'][0][0]['iteration']} "
-        "training steps, of the single-sample NELBO, KL and Rec on the training batch, in nats per image "
-        f"(`metrics.csv`). The iteration axis is logarithmic. {kl_course(settings, metrics)}",
+        f"**Figure 3. Training curves** of the seed-0 runs: each point is the mean, over "
+        f"{metrics['gmvae'][0][0]['iteration']} training steps, of the single-sample NELBO, KL and Rec on the "
+        f"training batch, in nats per image (`metrics.csv`). The iteration axis is logarithmic. "
+        + kl_course(settings, metrics),
     ])
 
 
@@ -519,7 +525,8 @@ def details_region(settings, runs, metrics):
         f"({settings['test_images']:,} images, one evaluation) the NELBO's standard error, estimated from the "
         f"subset's per-image spread as the standard deviation of the subset's evaluations times "
         f"√({settings['subset_images']} / {settings['test_images']:,}), is "
-        f"{span([standard_errors(settings, r)[1] for r in every], 3)}. Training is the wall-clock time recorded in results.json "
+        f"{span([standard_errors(settings, r)[1] for r in every], 3)}. Training is the wall-clock time recorded in "
+        "results.json "
         f"({min(seconds):.0f} to {max(seconds):.0f} s; {machine(every)}); it depends on what else ran on the "
         "machine meanwhile, so these are no speed figures.",
         "",
@@ -629,7 +636,8 @@ def render(data, out, project_readme):
     documents = [out / name for name in sorted({n for n in REGIONS.values() if n})]
     for path in documents:
         if not path.is_file():
-            raise ResultsError(f"no {path}; the write-up's folder (--out) must hold {', '.join(p.name for p in documents)}")
+            names = ", ".join(p.name for p in documents)
+            raise ResultsError(f"no {path}; the write-up's folder (--out) must hold {names}")
     settings, runs, metrics, grids = load_data(data)
     for key in GRIDS:
         write_atomic(out / IMAGES[key], grid_png(grids[key]))
