@@ -78,7 +78,7 @@ def problem_with(config):
     """
     from codebase import checkpoint
     from codebase.evaluate import IWAE_KS
-    from codebase.run import SAMPLES
+    from codebase.config import SAMPLES
 
     try:
         results = json.loads((config.log_dir / "results.json").read_text())
@@ -178,7 +178,7 @@ def grids_from_runs(args):
     from codebase.data import load_mnist
     from codebase.evaluate import eval_subset
     from codebase.models import make_model
-    from codebase.run import SAMPLES
+    from codebase.config import SAMPLES
 
     configs = {m: run_config(m, 0, args) for m in MODELS}
     device = torch.device("cpu")  # figures are small, and a CPU gives the same pixels every time
