@@ -510,7 +510,7 @@ def test_python_m_codebase_check_on_a_broken_copy(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-m", "codebase.check", "--only", "GMVAE.negative_elbo_bound",
                           "--only", "VAE.negative_elbo_bound"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env=env)
+                         timeout=900, env=env)
     assert out.returncode == 1 and out.stderr == "", out.stderr
     lines = lines_of(out.stdout)
     assert lines[0].startswith("FAIL  GMVAE.negative_elbo_bound: expected rec = ")

@@ -16,7 +16,7 @@ from codebase import run as run_module
 from codebase.config import Config
 
 
-def run_script(script, *args, cwd, env=None, timeout=300):
+def run_script(script, *args, cwd, env=None, timeout=900):
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 

@@ -78,7 +78,7 @@ def test_python_m_codebase_check_results_gives_its_diagnosis(tmp_path):
     write_results(tmp_path / "logs", "model=gmvae_z=10_k=500_run=0000", 110.0, 17.0)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-m", "codebase.check", "--results", "--logs", str(tmp_path / "logs")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 1 and out.stderr == "", out.stderr
     line = out.stdout.splitlines()[0]
     assert line.startswith("FAIL  results: GMVAE: expected NELBO ") and "; likely cause: " in line, line

@@ -173,7 +173,7 @@ def test_a_second_collect_and_render_from_the_repository_root_gives_the_same_byt
     base, out, args = small
     before = files(base / "data"), files(out)
     done = subprocess.run([sys.executable, "writeup/make_results.py", *args, "--collect"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert (files(base / "data"), files(out)) == before
 
@@ -188,7 +188,7 @@ def test_the_committed_data_renders_the_committed_write_up_byte_for_byte(tmp_pat
                "--data", str(tmp_path / "data"), "--out", str(out),
                "--project-readme", str(tmp_path / "PROJECT_README.md")]
     for _ in range(2):  # and a second render changes nothing
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr
         for name in (*DOCUMENTS, *make_results.IMAGES.values()):
             assert (out / name).read_bytes() == (WRITEUP / name).read_bytes(), name
