@@ -26,7 +26,7 @@ from codebase import utils as ut  # noqa: E402
 from codebase.config import Config  # noqa: E402
 from codebase.data import ensure_mnist, load_mnist  # noqa: E402
 from codebase.evaluate import evaluate  # noqa: E402
-from codebase.run import describe, select_device  # noqa: E402
+from codebase.runtime.cli import describe, select_device  # noqa: E402
 from codebase.models import GMVAE, make_model  # noqa: E402
 from codebase.models.nns import ELU  # noqa: E402
 from codebase.train import make_optimizer, train, training_generator  # noqa: E402
@@ -98,7 +98,7 @@ def project_steps_per_second(config, device, steps):
             optimizer = make_optimizer(model, c, device)
             sync(device)
             began = time.perf_counter()
-            train(model, optimizer, data, c, device, training_generator(device, 0), log=lambda *a: None)
+            train(model, optimizer, data, c, device, training_generator(c, device), log=lambda *a: None)
             sync(device)
             rates.append(time.perf_counter() - began)
     return (steps - 10) / (rates[1] - rates[0])

@@ -21,6 +21,7 @@ class Config:
     iwae: bool = False  # also evaluate the IWAE-1, -10, -100 and -1000 bounds
     device: str = "auto"  # auto, cpu, cuda or mps
     threads: int = 0  # CPU threads for torch; 0: $OMP_NUM_THREADS, else the CPUs this process may use
+    cuda_graph: bool = False  # on CUDA, replay the training step as one CUDA graph
     data_dir: str = "data"
     resume: bool = False  # continue the run from its newest checkpoint
     overwrite: bool = False  # start the run afresh, deleting its checkpoints

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codebase.errors import first_line
-from codebase.files import try_lock, write_atomic
+from codebase.runtime.errors import UserError, first_line
+from codebase.runtime.files import try_lock, write_atomic
 
 MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -53,7 +53,7 @@ EVAL_SUBSET = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """MNIST could not be found, fetched or verified; the message says what to do."""
 
 

@@ -13,7 +13,7 @@ The student's code computes; the grader judges. What is graded (the points are i
 - a real training run of the submitted code in the graded setting (20,000 iterations, seed 0,
   CPU): the judge loads its final checkpoint (weights only), checks that it is the starter GMVAE's,
   and computes NELBO, KL and Rec itself with the reference bound on the course's subset; they are
-  scored against codebase/reference.py's accepted ranges with partial credit (see figure_score);
+  scored against codebase/check/figures.py's accepted ranges with partial credit (see figure_score);
 - the 10 x 20 sample grid, drawn by the judge from those weights.
 Nothing that the student's process prints or writes decides a score: its output is only shown.
 
@@ -45,7 +45,7 @@ import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from codebase import reference
+from codebase.check import figures as reference
 from codebase.check.registry import CHECKS, checks_of, context_of
 from codebase.config import Config
 from course.sandbox import (KEEP_BYTES, MEMORY_GB, Sandbox, SandboxError, clean, list_beneath, read_beneath,
@@ -97,7 +97,7 @@ GRADER_FILES = ("course/__init__.py", "course/autograder.py", "course/judge.py",
                 "course/gradescope/requirements.txt")
 REFERENCES = "codebase/check/references.py"
 # Hashed before and after the student's code runs: the grading code and the project modules it reads.
-HASHED_FILES = GRADER_FILES + (REFERENCES, "codebase/config.py", "codebase/reference.py",
+HASHED_FILES = GRADER_FILES + (REFERENCES, "codebase/config.py", "codebase/check/figures.py",
                                "codebase/check/registry.py", "codebase/check/judge.py")
 IGNORED_PARTS = {"__MACOSX", ".git", "__pycache__", ".ipynb_checkpoints"}
 WRITABLE = ("logs", "checkpoints", "home", "probe")  # all the student's code may write in the work folder
@@ -588,7 +588,7 @@ def file_state(path):
 
 
 def accepted_ranges(test_ranges=()):
-    """{term: (low, high)}: the course's (codebase/reference.py), or those a test gave."""
+    """{term: (low, high)}: the course's (codebase/check/figures.py), or those a test gave."""
     ranges = {term: reference.accepted_range(MODEL, term) for term in FIGURE_TESTS.values()}
     ranges.update({term: (low, high) for term, low, high in test_ranges})
     return ranges

@@ -32,7 +32,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from codebase import reference
+from codebase.check import figures as reference
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -242,7 +242,7 @@ def stored_expected_values():
 
 
 def starter_facts():
-    """The figures the student README quotes, from codebase/reference.py (their one home)."""
+    """The figures the student README quotes, from codebase/check/figures.py (their one home)."""
     def span(term):
         low, high = reference.accepted_range("gmvae", term)
         return f"{low:g} to {high:g}"

@@ -100,7 +100,7 @@ if _sys.argv and _sys.argv[0].endswith("run_gmvae.py"):  # forge every file of a
         _json.dump({"nelbo": 97.5, "kl": 17.5, "rec": 80.0, "iterations": 20, "test_nelbo": 97.0}, _f)
     with open(f"logs/{_run}/metrics.csv", "w") as _f:
         _f.write("iteration,nelbo,kl,rec\\n20,97.5000,17.5000,80.0000\\n")
-    from codebase.files import write_png_grid as _grid
+    from codebase.runtime.files import write_png_grid as _grid
     _grid(f"logs/{_run}/samples_binary.png", _torch.zeros(200, 784), 10, 20)
     _torch.save({"model": _GMVAE().state_dict(), "iteration": 20}, f"checkpoints/{_run}/model-00020.pt")
     _os._exit(0)
@@ -293,7 +293,7 @@ def test_the_points_table_sums_to_100_and_every_test_has_a_grader():
                                           (103.0, 0), (150.0, 0), (float("nan"), 0), (float("inf"), 0)])
 def test_partial_credit_falls_linearly_to_zero_one_half_width_outside_the_range(value, score):
     low, high = autograder.accepted_ranges()["nelbo"]
-    assert (low, high) == (94.0, 100.0)  # codebase/reference.py's 97 +/- 3
+    assert (low, high) == (94.0, 100.0)  # codebase/check/figures.py's 97 +/- 3
     assert autograder.figure_score(value, low, high, 15) == pytest.approx(score)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 
-from codebase import run as run_module
+from codebase.runtime import cli as run_module
 from codebase.config import Config
 
 
@@ -25,11 +25,12 @@ def run_script(script, *args, cwd, env=None, timeout=900):
 def test_help_shows_every_default(model):
     text = " ".join(run_module.build_parser(model).format_help().split())
     for flag, default in [("--z", 10), ("--iter_max", 20000), ("--iter_save", 10000), ("--run", 0),
-                          ("--train", 1), ("--seed", 0), ("--device", "auto"), ("--threads", 0),
-                          ("--data-dir", "data")]:
+                          ("--train", 1), ("--seed", 0), ("--device", "auto"), ("--data-dir", "data")]:
         assert re.search(rf"{flag}\b.*?\(default: {default}\)", text), flag
     assert ("(default: 500)" in text) == (model == "gmvae")
-    assert "--iwae" in text and "--resume" in text and "--overwrite" in text
+    assert "--iwae" in text and "--resume" in text and "--overwrite" in text and "--cuda-graph" in text
+    # --threads takes a positive count; its default is said in words, never as a 0 the parser would refuse.
+    assert re.search(r"--threads THREADS CPU threads \(default: \$OMP_NUM_THREADS", text)
 
 
 @pytest.mark.parametrize("args", [["--iter_max", "0"], ["--iter_max", "-5"], ["--iter_max", "ten"],
@@ -128,7 +129,7 @@ def test_progress_into_a_log_file_is_a_few_lines(tmp_path, mnist_dir, capfd):
 def test_progress_into_a_log_file_is_one_line_every_30_seconds():
     import io
 
-    from codebase.train import progress_bar
+    from codebase.runtime.metrics import progress_bar
 
     log = io.StringIO()  # not a terminal, as a cluster job's log
     bar = progress_bar(Config(), 0, log)

@@ -14,11 +14,14 @@ import torch
 
 from conftest import ROOT
 
-from codebase import checkpoint, data, files
+from codebase import data
+from codebase.runtime import checkpoint, files
+from codebase.runtime.metrics import read_metrics
 from codebase.config import Config
-from codebase.run import exit_code, run
+from codebase.runtime.cli import exit_code, run
 from codebase.models import make_model
-from codebase.train import NonFiniteLoss, make_optimizer, train, training_generator
+from codebase.runtime.metrics import NonFiniteLoss
+from codebase.train import make_optimizer, train, training_generator
 
 GMVAE_RUN = "model=gmvae_z=10_k=500_run=0000"
 
@@ -160,7 +163,7 @@ def test_kill_9_during_saves_leaves_a_whole_file(tmp_path):
     target = tmp_path / "model-00100.pt"
     writer = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
-        from codebase.files import write_atomic
+        from codebase.runtime.files import write_atomic
         blobs = [bytes([i]) * 30_000_000 for i in (1, 2)]
         write_atomic({str(target)!r}, blobs[0])
         print("ready", flush=True)
@@ -241,7 +244,7 @@ def test_nan_loss_stops_training_names_the_iteration_and_keeps_the_good_checkpoi
     gray = torch.rand(1000, 784)
     with pytest.raises(NonFiniteLoss, match="iteration 137"):
         train(model, make_optimizer(model, config, device), gray, config, device,
-              training_generator(device, 0), log=lambda *a: None)
+              training_generator(config, device), log=lambda *a: None)
     assert list(checkpoint.existing(config.checkpoint_dir)) == [100]
     assert checkpoint.load(checkpoint.path_for(config.checkpoint_dir, 100), config.architecture, device)
 
@@ -305,7 +308,7 @@ def test_a_second_start_is_refused_and_deletes_nothing_of_the_running_one(tmp_pa
     assert first.returncode == 143, stderr
     saved = checkpoint.existing(tmp_path / "checkpoints" / GMVAE_RUN)
     assert saved and all(torch.load(p, weights_only=True)["config"]["seed"] == 0 for p in saved.values())
-    rows, dropped = files.read_metrics(tmp_path / "logs" / GMVAE_RUN / "metrics.csv")
+    rows, dropped = read_metrics(tmp_path / "logs" / GMVAE_RUN / "metrics.csv")
     iterations = [r["iteration"] for r in rows]
     assert dropped == [] and iterations == sorted(set(iterations)) and iterations[0] == 50
 
@@ -314,7 +317,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock = tmp_path / ".lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); "
-                               f"from codebase.files import locked; held = locked({str(lock)!r}).__enter__(); "
+                               f"from codebase.runtime.files import locked; held = locked({str(lock)!r}).__enter__(); "
                                "print('held', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -397,7 +400,7 @@ def test_resume_keeps_the_metrics_rows_that_parse_and_may_change_iter_max_iter_s
     assert results["iterations"] == 60
     note = next(m for m in messages if m.startswith(str(metrics)))
     assert "kept 2 rows up to iteration 40" in note and "dropped line(s) 1, 2, 3, 5" in note
-    rows, dropped = files.read_metrics(metrics)
+    rows, dropped = read_metrics(metrics)
     assert dropped == [] and [r["iteration"] for r in rows] == [20, 40, 60]
     assert list(checkpoint.existing(config.checkpoint_dir)) == [20, 40, 50, 60]
 
@@ -412,7 +415,7 @@ def test_overwrite_deletes_only_the_runs_checkpoints(small_run, tmp_path):
 
 
 def test_resume_and_overwrite_together_are_refused(capsys):
-    from codebase.run import FlagError, build_parser
+    from codebase.runtime.cli import FlagError, build_parser
 
     with pytest.raises(SystemExit) as stop:
         build_parser("gmvae").parse_args(["--resume", "--overwrite"])
@@ -423,7 +426,7 @@ def test_resume_and_overwrite_together_are_refused(capsys):
 
 @pytest.mark.parametrize("seed", ["100000000000000", "-1", "2147483648", "1e3"])
 def test_an_out_of_range_seed_is_a_usage_error_with_the_range(seed, capsys):
-    from codebase.run import build_parser
+    from codebase.runtime.cli import build_parser
 
     with pytest.raises(SystemExit) as stop:
         build_parser("vae").parse_args(["--seed", seed])
@@ -433,10 +436,11 @@ def test_an_out_of_range_seed_is_a_usage_error_with_the_range(seed, capsys):
 
 
 def test_the_largest_seed_works_everywhere_it_is_used():
-    from codebase.train import MAX_SEED, epoch_order, restore_stream
+    from codebase.runtime.checkpoint import restore_stream
+    from codebase.train import MAX_SEED, epoch_order
 
     assert len(epoch_order(MAX_SEED, 10**6, 10, "cpu")) == 10
-    generator = training_generator(torch.device("cpu"), MAX_SEED)
+    generator = training_generator(Config(seed=MAX_SEED), torch.device("cpu"))
     assert not restore_stream(generator, torch.zeros(16, dtype=torch.uint8), "cuda", torch.device("cpu"),
                               MAX_SEED, 10**6)
 
@@ -549,12 +553,12 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(small_run, tmp_path, m
 
 
 def test_a_cpu_checkpoint_is_mapped_for_a_gpu_optimizer_and_generator(small_run):
-    from codebase.train import restore_stream
+    from codebase.runtime.checkpoint import restore_stream
 
     state = checkpoint.load(checkpoint.path_for(small_run.checkpoint_dir, 40), small_run.architecture, "cpu")
     model = make_model(small_run)
     model.load_state_dict(state["model"])
-    optimizer = make_optimizer(model, small_run, torch.device("cuda"))  # what a GPU run builds
+    optimizer = make_optimizer(model, small_run.but(cuda_graph=True), torch.device("cuda"))  # a graphed GPU run's
     checkpoint.load_optimizer(optimizer, state["optimizer"])
     group = optimizer.state_dict()["param_groups"][0]
     assert (group["capturable"], group["foreach"], group["fused"]) == (True, True, None)
@@ -609,7 +613,7 @@ def test_a_closed_stdout_is_not_an_error_of_the_run(small_run, tmp_path, monkeyp
 
 
 def test_sighup_saves_a_checkpoint_and_exits_129(tmp_path, monkeypatch, capsys):
-    from codebase.train import Interrupted
+    from codebase.runtime.signals import Interrupted
 
     config = Config(iter_max=200, iter_save=1000, threads=1, checkpoint_root=str(tmp_path / "c"),
                     log_root=str(tmp_path / "l"))
@@ -628,7 +632,7 @@ def test_sighup_saves_a_checkpoint_and_exits_129(tmp_path, monkeypatch, capsys):
     model.negative_elbo_bound = closes_the_terminal_at_30
     gray = torch.rand(1000, 784)
     status = exit_code(lambda: train(model, make_optimizer(model, config, device), gray, config, device,
-                                     training_generator(device, 0), log=quiet))
+                                     training_generator(config, device), log=quiet))
     assert status == 129 and "SIGHUP: stopped after iteration 30" in capsys.readouterr().err
     assert list(checkpoint.existing(config.checkpoint_dir)) == [30]
 
@@ -646,7 +650,7 @@ def refuse_writes_in(folder, monkeypatch):
 
 
 def test_a_read_only_checkpoint_folder_is_refused_before_training(tmp_path, mnist_dir, monkeypatch, capsys):
-    import codebase.run as run_module
+    from codebase.runtime import cli as run_module
 
     config = Config(iter_max=20, threads=1, data_dir=str(mnist_dir), checkpoint_root=str(tmp_path / "c"),
                     log_root=str(tmp_path / "l"))
@@ -668,11 +672,12 @@ def test_train_0_prints_the_figures_before_a_read_only_log_folder_fails(small_ru
 
 @pytest.mark.parametrize("failure", ["a short write", "no space at all"])
 def test_a_full_disk_while_appending_metrics_leaves_no_partial_row(failure, tmp_path, monkeypatch):
-    from codebase.train import MetricsLog
+    from codebase.runtime.metrics import MetricsLog
 
-    path = tmp_path / "metrics.csv"
-    metrics = MetricsLog(path, 0, log=quiet)
-    metrics.append(50, (260.0, 8.0, 252.0))
+    config = Config(log_root=str(tmp_path), log_every=1)  # a row every step
+    path = config.log_dir / "metrics.csv"
+    metrics = MetricsLog(config, 0, torch.device("cpu"), log=quiet)
+    metrics.add(1, torch.tensor([260.0, 8.0, 252.0]))
     before = path.read_bytes()
     real_write = os.write
 
@@ -684,15 +689,15 @@ def test_a_full_disk_while_appending_metrics_leaves_no_partial_row(failure, tmp_
     monkeypatch.setattr(files.os, "write", full_disk)
     try:
         with pytest.raises(files.SaveError) as err:
-            metrics.append(100, (200.0, 6.0, 194.0))
+            metrics.add(2, torch.tensor([200.0, 6.0, 194.0]))
     finally:
         monkeypatch.undo()
     assert str(path) in str(err.value) and "no space left" in str(err.value)
     assert path.read_bytes() == before
-    metrics.append(100, (200.0, 6.0, 194.0))  # space again: the next row follows a whole one
+    metrics.add(2, torch.tensor([200.0, 6.0, 194.0]))  # space again: the next row follows a whole one
     metrics.close()
-    assert files.read_metrics(path) == ([{"iteration": 50, "nelbo": 260.0, "kl": 8.0, "rec": 252.0},
-                                         {"iteration": 100, "nelbo": 200.0, "kl": 6.0, "rec": 194.0}], [])
+    assert read_metrics(path) == ([{"iteration": 1, "nelbo": 260.0, "kl": 8.0, "rec": 252.0},
+                                   {"iteration": 2, "nelbo": 200.0, "kl": 6.0, "rec": 194.0}], [])
 
 
 def test_a_closed_stdout_during_the_run_is_still_an_error_if_the_run_did_not_finish(capsys):
@@ -704,7 +709,7 @@ def test_a_closed_stdout_during_the_run_is_still_an_error_if_the_run_did_not_fin
 
 
 def test_a_seed_out_of_range_is_refused_by_run_itself():
-    from codebase.run import FlagError
+    from codebase.runtime.cli import FlagError
 
     with pytest.raises(FlagError, match="from 0 to 2147483647"):
         run(Config(seed=10**14))

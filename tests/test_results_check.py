@@ -1,5 +1,5 @@
 """python -m codebase.check --results (codebase/results_check.py): a run's figures against the
-accepted ranges of codebase/reference.py."""
+accepted ranges of codebase/check/figures.py."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ import sys
 from conftest import ROOT
 
 from codebase.check import runner as check
-from codebase.reference import accepted_range
+from codebase.check.figures import accepted_range
 
 
 def write_results(logs, run, nelbo, kl, iterations=20000, mtime=None, **config):

@@ -12,7 +12,7 @@ import torch
 
 from codebase import evaluate
 from codebase.evaluate import IWAE_KS, SUBSET_REPEATS
-from codebase.reference import ACCEPTED, COURSE_SOLUTION, MODEL_LABELS
+from codebase.check.figures import ACCEPTED, COURSE_SOLUTION, MODEL_LABELS
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "writeup"))

@@ -14,7 +14,7 @@ components drawn from the seed-0 checkpoints. It needs torch, MNIST and the runs
 render (always) reads DATA alone, without torch, runs or checkpoints: it writes the images (IMAGES) next
 to the write-up and fills the lines between `<!-- generated:NAME:begin -->` and `<!-- generated:NAME:end -->`
 for NAME in REGIONS, in writeup/README.md, writeup/details.md and the project README. Nothing else
-changes, and the same data give the same bytes. The course's figures are quoted from codebase/reference.py.
+changes, and the same data give the same bytes. The course's figures are quoted from codebase/check/figures.py.
 """
 import argparse
 import gzip
@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))  # `python writeup/make_results.py` puts writeup/,
 # Only modules that need no torch: render must work from the committed data alone. collect imports
 # the rest (torch, the models, MNIST) where it needs them.
 from codebase.config import Config  # noqa: E402
-from codebase.files import SaveError, read_metrics, write_atomic  # noqa: E402
-from codebase.reference import (ACCEPTED, COURSE_SOLUTION, HANDOUT_GMVAE_NELBO, MODEL_LABELS,  # noqa: E402
+from codebase.runtime.files import SaveError, write_atomic  # noqa: E402
+from codebase.runtime.metrics import read_metrics  # noqa: E402
+from codebase.check.figures import (ACCEPTED, COURSE_SOLUTION, HANDOUT_GMVAE_NELBO, MODEL_LABELS,  # noqa: E402
                                 RUN_SCRIPTS, TERM_LABELS)
 
 MODELS = tuple(MODEL_LABELS)
@@ -45,7 +46,7 @@ DATA = HERE / "runs"  # the committed data that render reads
 REGIONS = {"results": "README.md", "beyond": "README.md", "details": "details.md", "readme-results": None}
 NOTE = "<!-- Written by writeup/make_results.py from the runs; edit the script, not this text. -->"
 PARALLEL = 2  # runs trained at once by --run-missing, one CPU thread each
-SAMPLE_ROWS, SAMPLE_COLS = 10, 20  # the runs' sample grids (codebase.run.GRID_ROWS, GRID_COLS)
+SAMPLE_ROWS, SAMPLE_COLS = 10, 20  # the runs' sample grids (codebase.config.GRID_ROWS, GRID_COLS)
 PER_DIGIT = 2  # reconstructed test images per digit: one row of 20
 PRIOR_ROWS, PRIOR_COLS = 5, 20  # decoded prior components shown, of the k = 500
 IMAGES = {**{f"{m}_samples_{kind}": f"{m}_samples_{kind}.png" for m in MODELS for kind in ("binary", "means")},
@@ -76,7 +77,7 @@ def problem_with(config):
     A run counts only if it finished at exactly config.iter_max with config.seed and was evaluated with
     --iwae: runs of other lengths are never mixed in, and a run still training is not read half-written.
     """
-    from codebase import checkpoint
+    from codebase.runtime import checkpoint
     from codebase.evaluate import IWAE_KS
     from codebase.config import SAMPLES
 
@@ -110,14 +111,14 @@ def find_problems(args):
 
 # One run in a process of its own: its run script's main with the Config's fields (the script has no
 # --logs or --checkpoints flag). Argument 1 is the repository, argument 2 the flags as JSON.
-CHILD = ("import json, sys; sys.path.insert(0, sys.argv[1]); from codebase.run import exit_code; "
+CHILD = ("import json, sys; sys.path.insert(0, sys.argv[1]); from codebase.runtime.cli import exit_code; "
          "flags = json.loads(sys.argv[2]); script = __import__(flags.pop('script')); "
          "sys.exit(exit_code(script.main, **flags))")
 
 
 def run_missing(problems, log=print):
     """Train each unusable run afresh (--overwrite), PARALLEL at a time with --threads 1 each (runs
-    at once must share the cores: see codebase.run.cpu_threads).
+    at once must share the cores: see codebase.runtime.cli.cpu_threads).
 
     Returns:
         status: int: 0 if every run succeeded, else the first failing run's exit status
@@ -146,7 +147,7 @@ def gray_levels(images, rows, cols):
     """
     from matplotlib import cm, colors
 
-    from codebase.files import tile
+    from codebase.runtime.files import tile
 
     grid = tile(images.detach().cpu().float(), rows, cols).numpy()
     # The colour lookup of matplotlib.image.imsave(..., cmap="gray", vmin=0, vmax=1): gray, so one channel.
@@ -174,7 +175,7 @@ def grids_from_runs(args):
     """
     import torch
 
-    from codebase import checkpoint
+    from codebase.runtime import checkpoint
     from codebase.data import load_mnist
     from codebase.evaluate import eval_subset
     from codebase.models import make_model
@@ -543,14 +544,14 @@ def details_region(settings, runs, metrics):
               + [["VAE − GMVAE", *(f"{mean['vae'][c] - mean['gmvae'][c]:+.2f}" for c in seeds)]]),
         "",
         "**Table C. The seed-0 runs beside the course's published solution** on the same subset. The course's "
-        "rows are quoted from `codebase/reference.py`, with the course's own ± spread; the seed-0 runs' ± is the "
+        "rows are quoted from `codebase/check/figures.py`, with the course's own ± spread; the seed-0 runs' ± is the "
         f"standard deviation of the {settings['subset_repeats']} evaluations"
         + (f". The course's rows are quoted as given, although {'; '.join(sums)}." if sums else "."),
         "",
         table(["", *(header(k) for k in ("nelbo", "kl", "rec", *iwae_cols))],
               [row for pair in zip(ours, course) for row in pair]),
         "",
-        f"The course's autograder accepts {ranges} (`codebase/reference.py`). The seed-0 runs are "
+        f"The course's autograder accepts {ranges} (`codebase/check/figures.py`). The seed-0 runs are "
         + ("inside every one of these ranges." if all(all(v.values()) for v in inside.values())
            else "outside " + ", ".join(f"{MODEL_LABELS[m]} {TERM_LABELS[t]}" for m in MODELS for t, ok in
                                        inside[m].items() if not ok) + "."),
@@ -709,7 +710,7 @@ def main(argv=None):
     project_readme = args.project_readme or (None if args.out else ROOT / "README.md")
     try:
         if args.collect or args.run_missing:
-            from codebase import checkpoint
+            from codebase.runtime import checkpoint
             from codebase.data import DataError
 
             try:

@@ -48,7 +48,7 @@ class Raised(Exception):
 def error_record(error):
     """An exception as plain data: its type, first line, whether it is NotImplementedError, and the
     frames of the traceback in the student's files (innermost last) and the function that raised it."""
-    from codebase.errors import first_line
+    from codebase.runtime.errors import first_line
     frames = traceback.extract_tb(error.__traceback__)
     mine = [f"{Path(f.filename).name}:{f.lineno} ({f.name})" for f in frames
             if Path(f.filename).as_posix().endswith(STUDENT_FILES)]
@@ -70,7 +70,7 @@ def student(module):
     try:
         return importlib.import_module(f"codebase.{module}")
     except Exception as e:
-        from codebase.errors import first_line
+        from codebase.runtime.errors import first_line
         raise Raised({"type": "import", "message": f"cannot import codebase.{module}: {first_line(e)}",
                       "frames": [], "origin": "", "not_implemented": False}) from None
 

@@ -19,7 +19,7 @@ from codebase.check.inputs import F64, K, ODD_BATCH, Z_DIM
 from codebase.check.probe import (IW, MIXTURE_CASES, PAIRED_DRAWS, PAIRED_SHAPES, REDUCTION_CASES,
                                   BERNOULLI_EXTREMES, REDUCTION_EXTREMES, SAMPLE_DRAWS, SAMPLE_M, SAMPLE_V,
                                   bound_images, draw_seed, gen, inputs_of, project)
-from codebase.reference import MODEL_LABELS
+from codebase.check.figures import MODEL_LABELS
 
 
 def mixture(z, m, v, sd=None):

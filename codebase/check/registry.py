@@ -7,7 +7,7 @@ read it.
 """
 from dataclasses import dataclass
 
-from codebase.reference import MODEL_LABELS
+from codebase.check.figures import MODEL_LABELS
 
 ODD_BATCH = 97  # a batch size that a hard-coded 100 cannot survive
 

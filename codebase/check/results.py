@@ -2,7 +2,7 @@
 
     python -m codebase.check --results [--logs logs]
 
-The ranges, labels, run scripts and graded setting are codebase/reference.py's: this module
+The ranges, labels, run scripts and graded setting are codebase/check/figures.py's: this module
 only reads a run's results.json and says whether its NELBO, KL and Rec lie in them, and if not,
 the likely reason.
 """
@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 
 from codebase.check.judge import Failure
-from codebase.errors import first_line
-from codebase.reference import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
-from codebase.reference import TERM_LABELS as TERMS
+from codebase.runtime.errors import first_line
+from codebase.check.figures import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
+from codebase.check.figures import TERM_LABELS as TERMS
 
 
 def newest_results(logs, model):

@@ -8,14 +8,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from codebase.runtime.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs there are not locked
     fcntl = None
 
 
-class SaveError(OSError):
+class SaveError(UserError, OSError):
     """A file could not be written; the message names it and says what to do."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
 
 
 def write_atomic(path, data):
@@ -203,37 +208,3 @@ def write_png_grid(path, images, rows, cols):
     grid = tile(images.detach().cpu().float(), rows, cols).numpy()
     matplotlib.image.imsave(buffer, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     write_atomic(path, buffer.getvalue())
-
-
-METRICS_COLUMNS = ("iteration", "nelbo", "kl", "rec")
-
-
-def read_metrics(path):
-    """The rows of a metrics.csv that parse, and the line numbers of those that do not.
-
-    The file may have been edited by hand (a spreadsheet's byte-order mark, a comment,
-    a renamed header, a row cut off mid-line): such lines are skipped, never fatal.
-    A row counts when it holds an integer iteration and three numbers.
-
-    Args:
-        path: str or Path: the file; it must exist
-
-    Returns:
-        rows: list of dict: {"iteration": int, "nelbo": float, "kl": float, "rec": float}, in file order
-        dropped: list of int: 1-based numbers of the non-blank lines skipped, the header excluded
-    """
-    rows, dropped = [], []
-    text = Path(path).read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = [f.strip() for f in line.split(",")]
-        if not line.strip() or (number == 1 and fields[0].lower() == "iteration"):
-            continue
-        try:
-            if len(fields) != len(METRICS_COLUMNS) or not fields[0].isdigit():
-                raise ValueError
-            values = [float(f) for f in fields[1:]]
-        except ValueError:
-            dropped.append(number)
-            continue
-        rows.append(dict(zip(METRICS_COLUMNS, [int(fields[0]), *values])))
-    return rows, dropped

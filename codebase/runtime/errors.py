@@ -1,4 +1,12 @@
-"""Turning an exception into the one line that a user is shown."""
+"""The errors a user can fix, and the one line each is shown as."""
+
+
+class UserError(Exception):
+    """A problem the user can fix (a missing file, a flag that does not fit): the run script prints its
+    message as one line, after `prefix`, and exits with `exit_status`. Every such error derives from it,
+    so that none can surface as a traceback."""
+    exit_status = 1
+    prefix = "error: "
 
 
 def first_line(error):

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from codebase.config import CHECKPOINT_NAME
-from codebase.errors import first_line
-from codebase.files import write_atomic
+from codebase.runtime.errors import UserError, first_line
+from codebase.runtime.files import write_atomic
 
 FORMAT = 1
 NAME = re.compile(r"model-(\d{5,})\.pt")
@@ -26,7 +26,7 @@ FIXED_ON_RESUME = ("model", "z", "k", "seed", "lr", "batch")
 DEVICE_FLAGS = ("foreach", "fused", "capturable")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint is missing, damaged or from another configuration; the message says what to do."""
 
 
@@ -186,3 +186,44 @@ def load_optimizer(optimizer, saved):
     state = {i: {k: v.cpu().float() if k == "step" and torch.is_tensor(v) else v for k, v in s.items()}
              for i, s in saved["state"].items()}
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def training_state(model, optimizer, generator, config, iteration, train_seconds):
+    """Everything the next training step depends on, as tensors and plain values."""
+    return {
+        "architecture": config.architecture,
+        "config": config.as_dict(),
+        "iteration": iteration,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": generator.get_state(),
+        "device_type": generator.device.type,  # the rng state is only meaningful on this kind of device
+        "train_seconds": train_seconds,
+    }
+
+
+def restore_stream(generator, rng, made_on, device, seed, iteration):
+    """Put a resumed run's random stream where the checkpoint left it, if this device can.
+
+    A generator's state is device-specific (a CPU's Mersenne Twister against a GPU's
+    Philox seed and offset), so on another kind of device the stream restarts from
+    (seed, iteration) instead: still reproducible, but not the uninterrupted run's.
+
+    Args:
+        generator: torch.Generator: training's, on `device`
+        rng: tensor: the checkpoint's generator state (uint8)
+        made_on: str or None: the device type the checkpoint was made on (None: not recorded)
+        device: torch.device: where training continues
+        seed, iteration: int: the run's seed and the checkpoint's iteration
+
+    Returns:
+        restored: bool: True if the exact stream goes on, False if it restarted
+    """
+    if made_on in (None, device.type):
+        try:
+            generator.set_state(rng.cpu())
+            return True
+        except RuntimeError:  # an unrecorded device that was not this one
+            pass
+    generator.manual_seed(seed * 2**32 + iteration)
+    return False

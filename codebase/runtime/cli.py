@@ -1,4 +1,9 @@
-"""What run_gmvae.py and run_vae.py do: the flags, and train -> evaluate -> report."""
+"""What run_gmvae.py and run_vae.py do: the flags, and train -> evaluate -> report.
+
+Around codebase/train.py's loop it chooses the device, tries the model's functions before any data
+is loaded, holds the run's lock, resumes from a checkpoint, and turns every error a user can fix
+into one line and an exit status (exit_code).
+"""
 import argparse
 import contextlib
 import os
@@ -10,26 +15,29 @@ from pathlib import Path
 
 import torch
 
-from codebase import checkpoint
 from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, Config
-from codebase.data import DataError, load_mnist
-from codebase.errors import first_line
+from codebase.data import load_mnist
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
-from codebase.files import (InUse, SaveError, check_writable, locked, remove_stale_temporaries, write_json,
-                            write_png_grid)
 from codebase.models import make_model
-from codebase.train import (MAX_SEED, Interrupted, NonFiniteLoss, make_optimizer, restore_stream, train,
-                            training_generator)
+from codebase.runtime import checkpoint
+from codebase.runtime.errors import UserError, first_line
+from codebase.runtime.files import (InUse, check_writable, locked, remove_stale_temporaries, write_json,
+                                    write_png_grid)
+from codebase.train import MAX_SEED, make_optimizer, train, training_generator
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError):
     """The requested device is not available; the message says what to use instead."""
 
 
-class UnfinishedCode(RuntimeError):
+class UnfinishedCode(UserError):
     """A function the run needs is not written yet, or fails at once; the message names it."""
+
+
+class FlagError(UserError):
+    """Flags that contradict each other or the run's checkpoint; the message says which."""
 
 
 def preflight(model, device, iwae):
@@ -60,10 +68,6 @@ def preflight(model, device, iwae):
             where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
             raise UnfinishedCode(f"{what} fails on two random images ({first_line(e)}{where}). "
                                  "Run python -m codebase.check to find the mistake.") from None
-
-
-class FlagError(RuntimeError):
-    """Flags that contradict each other or the run's checkpoint; the message says which."""
 
 
 LOCK_NAME = ".lock"  # in logs/<run>/: held by the one process that trains or writes the run
@@ -114,9 +118,9 @@ def select_device(name):
 def cpu_threads(requested=0):
     """The thread count for torch: `requested` if given, else $OMP_NUM_THREADS, else the usable CPUs.
 
-    Several runs at once on few cores must each use fewer threads: two runs with 2 threads
-    each on 2 cores were measured 5 to 7 times slower each, as their OpenMP threads spin
-    against each other; with one thread each they ran about as fast as one run alone.
+    Several runs at once on few cores must each use fewer threads: two runs with 2 threads each on
+    2 cores were measured 3.6 to 3.9 times slower each (the README's "Speed"), as their OpenMP threads
+    spin against each other; with one thread each they ran about as fast as one run alone.
     """
     if requested:
         return requested
@@ -179,9 +183,11 @@ def build_parser(model):
     p.add_argument("--seed", type=_seed, default=d.seed, help=f"training seed, 0 to {MAX_SEED}")
     p.add_argument("--iwae", action="store_true", help="also report the IWAE-1/10/100/1000 bounds")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda, then mps, then cpu")
-    p.add_argument("--threads", type=_positive_int, default=d.threads,
-                   help="CPU threads; 0: $OMP_NUM_THREADS if set, else every CPU this process may use. "
-                        "Give each of several runs at once an equal share of the cores")
+    p.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
+                   help="CPU threads (default: $OMP_NUM_THREADS if set, else every CPU this process may use); "
+                        "give each of several runs at once an equal share of the cores")
+    p.add_argument("--cuda-graph", dest="cuda_graph", action="store_true",
+                   help="on a CUDA GPU, replay the training step as one CUDA graph (not yet run on a real GPU)")
     p.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="where MNIST is cached")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint")
@@ -206,7 +212,7 @@ def _resume_point(config, model, optimizer, generator, device, log):
                         "change). Use the same flags, or --overwrite, or another --run.")
     checkpoint.load_optimizer(optimizer, state["optimizer"])
     made_on = state.get("device_type")
-    if not restore_stream(generator, state["rng"], made_on, device, config.seed, state["iteration"]):
+    if not checkpoint.restore_stream(generator, state["rng"], made_on, device, config.seed, state["iteration"]):
         log(f"{path} was made on {made_on or 'another device'}, this run is on {device.type}: the random "
             f"stream restarts from (seed {config.seed}, iteration {state['iteration']}), so the result "
             "is not bit for bit that of an uninterrupted run.")
@@ -268,7 +274,7 @@ def _run(config, device, log):
         remove_stale_temporaries(config.checkpoint_dir)
         checkpoint.prepare_folder(config.checkpoint_dir, config.resume, config.overwrite)
         optimizer = make_optimizer(model, config, device)
-        generator = training_generator(device, config.seed)
+        generator = training_generator(config, device)
         start, seconds = _resume_point(config, model, optimizer, generator, device, log)
         train_x, _, test_x, _ = load_mnist(config.data_dir, log)
         if start >= config.iter_max:
@@ -336,23 +342,20 @@ def exit_code(main, **flags):
     A closed stdout (`| head -1`) or stderr (`2>&-`) is not an error: the run goes on.
 
     Returns:
-        status: int: 0 done, 1 error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
+        status: int: 0 done; a UserError's exit_status (1, or 130, 143, 129 for Ctrl-C, SIGTERM, SIGHUP)
     """
     _fill_closed_standard_streams()
     try:
         main(**flags)
-    except Interrupted as e:
-        _warn(str(e))
-        return e.exit_code
+    except UserError as e:
+        _warn(f"{e.prefix}{e}")
+        return e.exit_status
     except KeyboardInterrupt:
         _warn("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
               "(--resume continues, --train 0 evaluates).")
         return 130
-    except (DataError, checkpoint.CheckpointError, DeviceError, NonFiniteLoss, FlagError, UnfinishedCode) as e:
-        _warn(f"error: {e}")
-        return 1
-    except OSError as e:  # SaveError (a full disk, say) and any other file-system failure
-        _warn(f"error: {e.strerror if isinstance(e, SaveError) else first_line(e)}")
+    except OSError as e:  # any other failure of the file system
+        _warn(f"error: {first_line(e)}")
         return 1
     try:  # what is still buffered; its reader may have gone (`| head -1`) once the run was done
         if sys.stdout is not None:

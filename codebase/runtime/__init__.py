@@ -1,0 +1,10 @@
+"""The plumbing of a run, out of the way of the model and the training loop.
+
+    files.py        writing files whole (atomic), locks, the PNG grids
+    checkpoint.py   checked, weights-only checkpoints, and the random stream they carry
+    metrics.py      metrics.csv (written as training goes, read on resume) and the progress bar
+    signals.py      Ctrl-C, SIGTERM and SIGHUP as a request to stop after a checkpoint
+    cuda_graph.py   the training step as one CUDA graph (--cuda-graph)
+    errors.py       the errors a user can fix: one line each, and an exit status
+    cli.py          the run scripts' flags, and train -> evaluate -> report
+"""
