@@ -63,17 +63,19 @@ VARIANTS = {
 # Not listed, so never handed out: course/ (this tooling and the autograder), writeup/
 # (proofs, results and figures), benchmarks/, .ci/, the other tests, checkpoints, logs, data.
 COPIED = (
-    "run_gmvae.py", "run_vae.py", "requirements.txt", "requirements-dev.txt", "pytest.ini",
-    "checkpoints/.gitkeep", "logs/.gitkeep",
-    "tests/conftest.py", "tests/test_utils.py", "tests/test_models.py",
+    "run_gmvae.py", "run_vae.py", "requirements.txt", "checkpoints/.gitkeep", "logs/.gitkeep",
+    "tests/test_utils.py", "tests/test_models.py",
 )
 COPIED_TREES = ("codebase",)
 # In the copied trees but never handed out: the self-check's references compute every checked function.
 # The starter gets their values for the local seed instead (STORED).
 INSTRUCTOR_ONLY = ("codebase/check/references.py",)
 STORED = "codebase/check/expected.pt"
-# Written for the starter from course/starter/: the student README, the write-up template and .gitignore.
-STARTER_ONLY = {"README.md": "README.md", "writeup/README.md": "writeup.md", ".gitignore": "gitignore"}
+# Written for the starter from course/starter/: the student README, the write-up template, .gitignore, and
+# the test settings (the model answer's hold the instructor's tests and pins).
+STARTER_ONLY = {"README.md": "README.md", "writeup/README.md": "writeup.md", ".gitignore": "gitignore",
+                "pytest.ini": "pytest.ini", "tests/conftest.py": "conftest.py",
+                "requirements-dev.txt": "requirements-dev.txt"}
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?: (?P<tag>\S+))?[ \t]*$")
 STUB = re.compile(r"^(?P<indent>[ \t]*)# STUB:(?: (?P<line>.*))?$")

@@ -13,8 +13,6 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     import torch
 
     torch.set_num_threads(1)
-sys.path.insert(0, str(ROOT))
-
 from codebase.data import ensure_mnist  # noqa: E402
 
 
@@ -25,6 +23,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "network: reaches the package index (run with --full; the README's test "
+                                       "command and CI do)")
+    config.addinivalue_line("markers", "full: the full Gradescope-style grading of the model answer, 20,000 "
+                                       "iterations (run with --full)")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (left out where there is none)")
     config.addinivalue_line("markers", "root: switches users, as the grader does on Gradescope (left out where "
                                        "the tests do not run as root)")

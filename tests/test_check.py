@@ -12,19 +12,21 @@ import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import ROOT
 
 from codebase import utils as ut
 from codebase.check import runner as check
 from codebase.check.mistakes import CAUSES
 from codebase.models import GMVAE, VAE
 from codebase.models.base import LatentModel
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHECKS = {c.name: c for c in check.CHECKS}
 LOG_2PI = math.log(2 * math.pi)

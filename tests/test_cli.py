@@ -5,15 +5,17 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import pytest
 import torch
 
-from conftest import ROOT
-
-from codebase.runtime import cli as run_module
+import run_vae
 from codebase.config import Config
+from codebase.runtime import cli as run_module
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(script, *args, cwd, env=None, timeout=900):
@@ -102,9 +104,6 @@ def test_a_short_real_run_learns_and_writes_its_files(tmp_path, mnist_dir, monke
 
 def test_vae_main_returns_its_results(tmp_path, mnist_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sys.path.insert(0, str(ROOT))
-    import run_vae
-
     threads = torch.get_num_threads()
     try:
         results = run_vae.main(iter_max=400, data_dir=str(mnist_dir), threads=1)

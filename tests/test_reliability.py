@@ -8,20 +8,20 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
-
 from codebase import data
-from codebase.runtime import checkpoint, files
-from codebase.runtime.metrics import read_metrics
 from codebase.config import Config
-from codebase.runtime.cli import exit_code, run
 from codebase.models import make_model
-from codebase.runtime.metrics import NonFiniteLoss
+from codebase.runtime import checkpoint, files
+from codebase.runtime.cli import exit_code, run
+from codebase.runtime.metrics import NonFiniteLoss, read_metrics
 from codebase.train import make_optimizer, train, training_generator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GMVAE_RUN = "model=gmvae_z=10_k=500_run=0000"
 
@@ -162,7 +162,6 @@ def test_a_checkpoint_loads_onto_the_cpu_with_weights_only(straight_run):
 def test_kill_9_during_saves_leaves_a_whole_file(tmp_path):
     target = tmp_path / "model-00100.pt"
     writer = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {str(ROOT)!r})
         from codebase.runtime.files import write_atomic
         blobs = [bytes([i]) * 30_000_000 for i in (1, 2)]
         write_atomic({str(target)!r}, blobs[0])
@@ -172,7 +171,7 @@ def test_kill_9_during_saves_leaves_a_whole_file(tmp_path):
             i += 1
             write_atomic({str(target)!r}, blobs[i % 2])
     """)
-    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.7)
     proc.kill()
@@ -316,10 +315,9 @@ def test_a_second_start_is_refused_and_deletes_nothing_of_the_running_one(tmp_pa
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock = tmp_path / ".lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); "
-                               f"from codebase.runtime.files import locked; held = locked({str(lock)!r}).__enter__(); "
-                               "print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", f"import time; from codebase.runtime.files import locked; "
+                               f"held = locked({str(lock)!r}).__enter__(); print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(files.InUse, match=f"pid {holder.pid} on "):

@@ -1,3 +1,4 @@
+from pathlib import Path
 """python -m codebase.check --results (codebase/results_check.py): a run's figures against the
 accepted ranges of codebase/check/figures.py."""
 import json
@@ -5,10 +6,11 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
 
 from codebase.check import runner as check
 from codebase.check.figures import accepted_range
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_results(logs, run, nelbo, kl, iterations=20000, mtime=None, **config):

@@ -4,19 +4,19 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import make_results
 import matplotlib.image
 import numpy as np
 import pytest
 import torch
 
 from codebase import evaluate
-from codebase.evaluate import IWAE_KS, SUBSET_REPEATS
 from codebase.check.figures import ACCEPTED, COURSE_SOLUTION, MODEL_LABELS
-from conftest import ROOT
+from codebase.evaluate import IWAE_KS, SUBSET_REPEATS
 
-sys.path.insert(0, str(ROOT / "writeup"))
-import make_results  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SEEDS, ITERATIONS = 2, 60
 REGION = re.compile(r"(<!-- generated:([\w-]+):begin -->\n)(.*?)(<!-- generated:\2:end -->)", re.S)
