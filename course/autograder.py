@@ -48,8 +48,7 @@ from pathlib import Path
 from codebase.check import figures as reference
 from codebase.check.registry import CHECKS, checks_of, context_of
 from codebase.config import Config
-from course.sandbox import (KEEP_BYTES, MEMORY_GB, Sandbox, SandboxError, clean, list_beneath, read_beneath,
-                            shown)
+from course.sandbox import KEEP_BYTES, MEMORY_GB, Sandbox, clean, list_beneath, read_beneath, shown
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the repository, or /autograder/source in the grading image

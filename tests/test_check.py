@@ -205,6 +205,10 @@ MISTAKES = {
     "mixture: mean over batch": ("log_normal_mixture", ut, "log_normal_mixture",
                                  lambda z, m, v: ut.log_mean_exp(components(z, m, v), 1).mean()),
     "mixture: shapes": ("log_normal_mixture", ut, "log_normal_mixture", mixture_3d),
+    "mixture: first row": ("log_normal_mixture", ut, "log_normal_mixture",
+                           lambda z, m, v: ut.log_mean_exp(ut.log_normal(z.unsqueeze(1), m[0], v[0]), 1)),
+    "mixture: unsqueeze": ("log_normal_mixture", ut, "log_normal_mixture",
+                           lambda z, m, v: ut.log_mean_exp(ut.log_normal(z, m, v), 1)),
     "mixture: underflow": (MIX_FAR, ut, "log_normal_mixture",
                            lambda z, m, v: torch.log(torch.exp(components(z, m, v)).mean(1))),
     "mixture: gradient nan": (MIX_FAR, ut, "log_normal_mixture",
@@ -280,6 +284,10 @@ MISTAKES = {
     "GMVAE: prior cut": (ELBO_G, GMVAE, ELBO, gmvae_kl(lambda model, z: ut.log_normal_mixture(
         z, *(t.detach() for t in model.prior())))),
     "GMVAE: z_pre": (ELBO_G, GMVAE, "__init__", gmvae_init_reshaped),
+    "GMVAE: prior split": (ELBO_G, GMVAE, ELBO, gmvae_kl(lambda model, z: ut.log_normal_mixture(
+        z, *ut.gaussian_parameters(model.z_pre)))),
+    "GMVAE: raw prior variances": (ELBO_G, GMVAE, ELBO, gmvae_kl(lambda model, z: ut.log_normal_mixture(
+        z, model.z_pre[:, :model.k], model.z_pre[:, model.k:]))),
     "elbo: kl - rec": (ELBO_V, VAE, ELBO, elbo(total=lambda kl, rec: kl - rec)),
     "elbo: rec - kl": (ELBO_V, VAE, ELBO, elbo(total=lambda kl, rec: rec - kl)),
     "elbo: nelbo not the sum": (ELBO_V, VAE, ELBO, elbo(total=lambda kl, rec: kl + rec + 1)),

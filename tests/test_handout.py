@@ -325,22 +325,43 @@ STARTER_MISTAKES = {
         GMVAE_REC, "prior_m, prior_v = self.prior()",
         "kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, prior_m.detach(), prior_v.detach())).mean()",
         "return kl + rec, kl, rec"]),
+    # What a student trial of the starter ran into.
+    "mixture: unsqueeze": ("log_normal_mixture", "log_normal_mixture", ["return log_mean_exp(log_normal(z, m, v), dim=1)"]),
+    "mixture: first row": ("log_normal_mixture", "log_normal_mixture",
+                           ["return log_mean_exp(log_normal(z.unsqueeze(1), m[0], v[0]), dim=1)"]),
+    "GMVAE: raw prior variances": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        GMVAE_REC, "prior_m, prior_v = self.z_pre[:, :self.k], self.z_pre[:, self.k:]",
+        "kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, prior_m, prior_v)).mean()",
+        "return kl + rec, kl, rec"]),
+    "GMVAE: prior split": ("gmvae_negative_elbo_bound", "GMVAE.negative_elbo_bound", GMVAE_START + [
+        GMVAE_REC, "prior_m, prior_v = ut.gaussian_parameters(self.z_pre)",
+        "kl = (ut.log_normal(z, m, v) - ut.log_normal_mixture(z, prior_m, prior_v)).mean()",
+        "return kl + rec, kl, rec"]),
 }
+# Mistakes that raise: the FAIL line names the student's own line, the written line that calls the mixture.
+RAISING = {"mixture: unsqueeze": "utils.py:{line}, in log_normal_mixture; raised inside log_normal",
+           "GMVAE: prior split": "gmvae.py:{line}, in negative_elbo_bound -> utils.py:"}
+
+
+def written_source(tag, lines):
+    """(path, the starter's file with `lines` written in place of the stub of `tag`, the number of the
+    line where they start)."""
+    path = {"log_normal_mixture": "codebase/utils.py", "gmvae_negative_elbo_bound": "codebase/models/gmvae.py"}[tag]
+    answer = (ROOT / path).read_text()
+    (region,) = [r for r in handout.parse(answer, path) if r.tag == tag]
+    stub = "".join(region.stub)
+    source = handout.strip(answer, path, DEFAULT_TAGS)
+    assert source.count(stub) == 1
+    first = source[:source.index(stub)].count("\n") + 1
+    return path, source.replace(stub, "".join(f"{region.indent}{line}\n" for line in lines)), first
 
 
 def student_function(tag, lines):
     """The starter's function of `tag`, with `lines` written in place of its stub, loaded from that text."""
-    name, path = {"log_normal_mixture": ("log_normal_mixture", "codebase/utils.py"),
-                  "gmvae_negative_elbo_bound": ("GMVAE", "codebase/models/gmvae.py")}[tag]
-    answer = (ROOT / path).read_text()
-    (region,) = [r for r in handout.parse(answer, path) if r.tag == tag]
-    stub = "".join(region.stub)
-    written = "".join(f"{region.indent}{line}\n" for line in lines)
-    source = handout.strip(answer, path, DEFAULT_TAGS)
-    assert source.count(stub) == 1
+    path, source, _ = written_source(tag, lines)
     module = types.ModuleType(f"starter_{tag}")
-    exec(compile(source.replace(stub, written), path, "exec"), module.__dict__)
-    found = getattr(module, name)
+    exec(compile(source, path, "exec"), module.__dict__)
+    found = getattr(module, "log_normal_mixture" if tag == "log_normal_mixture" else "GMVAE")
     return found if tag == "log_normal_mixture" else found.negative_elbo_bound
 
 
@@ -352,6 +373,24 @@ def test_a_known_mistake_written_into_the_starter_is_named(mistake, monkeypatch)
     line = check.verdict(next(c for c in check.CHECKS if c.name == check_name)).line
     cause = CAUSES[mistake].split("{what}")[-1]
     assert line.startswith(f"FAIL  {check_name}: ") and cause in line, line
+    if mistake in RAISING:
+        _, _, first = written_source(tag, lines)
+        calling = next(i for i, text in enumerate(lines) if "log_normal(z" in text or "log_normal_mixture(z" in text)
+        assert RAISING[mistake].format(line=first + calling) in line, line
+
+
+def test_the_run_script_names_the_students_own_line_and_the_cause(starter, tmp_path):
+    lines = STARTER_MISTAKES["mixture: unsqueeze"][2]
+    path, source, first = written_source("log_normal_mixture", lines)
+    folder = tmp_path / "mine"
+    for name in handout.starter_files(DEFAULT_TAGS, stored=False):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes((starter / name).read_bytes())
+    (folder / path).write_text(source)
+    out = run_in(folder, "run_gmvae.py")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"utils.py:{first}, in log_normal_mixture; raised inside log_normal" in out.stderr, out.stderr
+    assert CAUSES["mixture: unsqueeze"] in out.stderr
 
 
 def test_the_right_answer_written_into_the_starter_passes(monkeypatch):

@@ -611,8 +611,6 @@ def test_a_closed_stdout_is_not_an_error_of_the_run(small_run, tmp_path, monkeyp
 
 
 def test_sighup_saves_a_checkpoint_and_exits_129(tmp_path, monkeypatch, capsys):
-    from codebase.runtime.signals import Interrupted
-
     config = Config(iter_max=200, iter_save=1000, threads=1, checkpoint_root=str(tmp_path / "c"),
                     log_root=str(tmp_path / "l"))
     device = torch.device("cpu")

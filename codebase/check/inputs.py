@@ -9,7 +9,6 @@ import zlib
 import numpy as np
 import torch
 
-from codebase.check.registry import ODD_BATCH  # noqa: F401 (the inputs' sizes are read from here)
 
 F64 = torch.float64
 Z_DIM, K = 10, 500  # the graded model

@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 import torch
 
-from codebase.check.inputs import F64
-from codebase.check.mistakes import CAUSES
-from codebase.check.probe import ELBO_REPEATS, IWAE_REPEATS, PAIRED_DRAWS
+from codebase.check.inputs import F64, K, Z_DIM
+from codebase.check.mistakes import CAUSES, cause_of_error
+from codebase.check.probe import ELBO_REPEATS, IWAE_REPEATS, PAIRED_DRAWS, where
 
 GRAD_RTOL = 1e-3  # float32 against float64 gradients differ by about 1e-5 of their size
 
@@ -103,14 +103,15 @@ def _off(got, want):
 
 
 def compare(got, what, want, mistakes={}, where="", rtol=1e-7, atol=1e-7, nonfinite=None, otherwise=None,
-            match=(1e-3, 1e-3), on_error=None):
+            match=(1e-3, 1e-3), on_error=None, sizes=None):
     """Raise a Failure unless `got` equals the float64 reference `want`.
 
     what, where: the value and its inputs as the message names them, e.g. "log_normal(x, m, v)", "for x ..."
     mistakes: {key of CAUSES: value}, most specific first, recognised to within match = (rtol, atol), or
         {key: shape} for one that its shape alone names
     nonfinite, otherwise: keys of CAUSES for nan or inf where `want` is finite, and for any other difference
-    on_error: unused here (judge_cases takes it: the cause when the function raised on this case)
+    on_error, sizes: unused here (judge_cases takes them: the cause when the function raised on this case,
+        and the case's (batch, k, dim) for cause_of_error)
     """
     where = f" {where}" if where else ""
     if not isinstance(got, torch.Tensor):
@@ -162,9 +163,12 @@ def judge_cases(check, found, expected):
         try:
             got = take(found, key)
         except Raised as e:
-            if spec.get("on_error") and not e.record.get("not_implemented"):
-                fail(f"{spec['what']} {spec['where']}", e.record.get("message"), spec["on_error"])
-            raise
+            cause = cause_of_error(e.record.get("message"), *spec.get("sizes", (0, 0, 0)))
+            if e.record.get("not_implemented") or not (cause or spec.get("on_error")):
+                raise
+            located = f" ({where(e.record)})" if where(e.record) else ""
+            fail(f"{spec['what']} to run {spec['where']}", f"{e.record.get('message')}{located}",
+                 cause or spec["on_error"])
         if "parts" in spec:
             pair = items(got)
             if pair is None or len(pair) != 2:
@@ -242,7 +246,11 @@ def judge_bound(check, found, expected):
                  results["error at 97"].get("message"), "bound: hard-coded 100")
         raise Raised(results["error at 97"])
     names = tuple(expected["terms"])
-    got = scalars(take(found, "draw"), names)
+    draw = take(found, "draw")
+    if found["results"].get("finite with positive z_pre") is True:
+        fail(f"a finite {names[0]}", "nan or inf (and finite values once the prior's pre-softplus variances are "
+                                     "made positive)", "GMVAE: raw prior variances")
+    got = scalars(draw, names)
     if check.key == "elbo" or check.key == "odd_batch":
         total = got["kl"] + got["rec"]
         compare(got["nelbo"], f"nelbo = kl + rec = {fmt_num(total)}", total, {
@@ -361,7 +369,7 @@ JUDGES = {"sample_gaussian": judge_sample_gaussian, "elbo": judge_bound, "iwae":
           "odd_batch": judge_bound, "iwae_one": judge_iwae_one, "iwae_falls": judge_iwae_falls}
 
 
-def _raised(check, record):
+def _raised(check, record, expected):
     """(optional, message, cause) of a check whose code raised, from the probe's error record."""
     kind = record.get("type")
     if kind == "z_pre":
@@ -369,11 +377,14 @@ def _raised(check, record):
             CAUSES["GMVAE: z_pre"]
     if record.get("not_implemented"):
         origin = record.get("origin")
-        where = "" if origin in (check.target, "<module>", "", None) else f" ({origin} raises NotImplementedError)"
-        return check.optional, f"not implemented yet{where}", None
-    frames = record.get("frames") or []
-    where = f" (at {' -> '.join(map(str, frames))})" if frames else ""
-    return False, f"{record.get('message')}{where}", None
+        callee = "" if origin in (check.target, "<module>", "", None) else f" ({origin} raises NotImplementedError)"
+        return check.optional, f"not implemented yet{callee}", None
+    located = f" ({where(record)})" if where(record) else ""
+    sizes = (expected.get("batch", 100), K, Z_DIM) if check.kind and isinstance(expected, dict) else (0, 0, 0)
+    cause = cause_of_error(record.get("message"), *sizes)
+    if cause:  # a known mistake behind the error: said as the other FAIL lines say theirs
+        return False, f"expected {check.function} to run, got {record.get('message')}{located}", CAUSES[cause]
+    return False, f"{record.get('message')}{located}", None
 
 
 def verdict(check, found, expected, failed=()):
@@ -386,7 +397,7 @@ def verdict(check, found, expected, failed=()):
     except Failure as e:
         message, cause, first = e.message, e.cause, e.first
     except Raised as e:
-        optional, message, cause = _raised(check, e.record)
+        optional, message, cause = _raised(check, e.record, expected)
         if optional:
             return Verdict(check.name, False, f"----  {check.name}: {message} (optional: the problem set does not "
                                               "ask for it)", optional=True)

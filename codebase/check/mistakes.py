@@ -1,10 +1,11 @@
-"""The usual mistakes that the self-check (codebase/check.py) names, and the likely cause it gives.
+"""The usual mistakes that the self-check names, and the likely cause it gives for each.
 
 One row a mistake: its key, which the check that recognises it uses, and the text of the FAIL
-line's "likely cause". tests/test_check.py makes every one of them and asserts the diagnosis.
-A cause with {what} names the term it was found in (nelbo, kl, rec or niwae).
-This module imports nothing.
+line's "likely cause". The model answer's tests make every one of them and assert the diagnosis.
+A cause with {what} names the term it was found in (nelbo, kl, rec or niwae). cause_of_error
+names the mistake behind an error that the code under test raised. This module imports no torch.
 """
+import re
 
 HARD_CODED_100 = ("a batch size of 100 is hard-coded (e.g. .view(100, ...), .reshape(iw, 100) or / 100): "
                   "use x.size(0), -1 or .mean() instead")
@@ -70,6 +71,11 @@ CAUSES = {
     "mixture: mean over batch": "averaged over the batch: return one value per row",
     "mixture: shapes": "m and v may each be (batch, k, dim), (1, k, dim) or (k, dim): let broadcasting pair "
                        "them with z.unsqueeze(1) instead of assuming one shape",
+    "mixture: first row": "m[0] or v[0] keeps the components of the first row only: this function is called with m "
+                          "and v of shape (batch, k, dim), (1, k, dim) or (k, dim) (the shapes above), so let "
+                          "broadcasting pair them with z.unsqueeze(1)",
+    "mixture: unsqueeze": "z is (batch, dim) and the components are (., k, dim): z.unsqueeze(1), of shape "
+                          "(batch, 1, dim), lines each z up with all k components",
     "mixture: underflow": "every component's density underflows to 0 far away, so log(mean(exp(.))) gives -inf: "
                           "use log_mean_exp over the component log-densities (it shifts by the max)",
     "mixture: gradient nan": "the gradient through the log-mean-exp is not finite: shift by the max (detached) so "
@@ -138,6 +144,12 @@ CAUSES = {
     "GMVAE: prior cut": "no gradient reaches the prior's parameters z_pre: self.prior() or log p(z) is cut from "
                         "the graph (.detach(), .data or torch.no_grad()), so training cannot learn the mixture",
     "GMVAE: z_pre": "the prior's parameters were renamed or reshaped (the check needs z_pre)",
+    "GMVAE: prior split": "the prior's means and variances have the wrong shape: self.z_pre is (1, 2k, dim), so its "
+                          "halves are split along dim=1, as self.prior() does (gaussian_parameters(self.z_pre, "
+                          "dim=1)), not along the last dimension",
+    "GMVAE: raw prior variances": "the prior's variances are negative: the second half of self.z_pre is taken as "
+                                  "it is, and log v of a negative v is nan; take the prior from self.prior(), whose "
+                                  "gaussian_parameters makes the variances positive (softplus)",
     "elbo: kl - rec": "nelbo = kl + rec, with rec = -log p(x|z) already positive",
     "elbo: rec - kl": "nelbo = kl + rec: the KL is subtracted",
     "elbo: nelbo not the sum": "the first value returned must be kl + rec, the sum of the other two",
@@ -174,3 +186,19 @@ CAUSES = {
     "iwae falls: not falling": "the bound must fall as k grows: check that log w has shape (iw, batch) with each z "
                                "paired with its own image, and that log_mean_exp reduces the samples",
 }
+
+
+def cause_of_error(message, batch, k, dim):
+    """The key of CAUSES behind an error a function raised (its first line), or None.
+
+    batch, k, dim: the sizes of the call: images, mixture components, latent dimension
+    """
+    sizes = re.search(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)", message or "")
+    if not sizes:
+        return None
+    found = {int(sizes.group(1)), int(sizes.group(2))}
+    if found == {batch, k}:
+        return "mixture: unsqueeze"
+    if found == {dim, dim // 2}:
+        return "GMVAE: prior split"
+    return None

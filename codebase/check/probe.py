@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from codebase.check import inputs as data
-from codebase.check.inputs import BATCH, F64, K, ODD_BATCH, Z_DIM
-from codebase.check.registry import CHECKS, by_name
+from codebase.check.inputs import BATCH, F64, K, Z_DIM
+from codebase.check.registry import CHECKS, GIVEN_FUNCTIONS, ODD_BATCH, by_name
 
 IW = 10  # importance samples in the same-draw comparisons of the IWAE bound
 PAIRED_DRAWS = 16  # more draws of a bound, paired by seed, for a bound that draws z in another order
@@ -46,14 +46,28 @@ class Raised(Exception):
 
 
 def error_record(error):
-    """An exception as plain data: its type, first line, whether it is NotImplementedError, and the
-    frames of the traceback in the student's files (innermost last) and the function that raised it."""
+    """An exception as plain data: its type, first line, whether it is NotImplementedError, the function
+    that raised it, and the frames of its traceback in the student's files, innermost last."""
     from codebase.runtime.errors import first_line
     frames = traceback.extract_tb(error.__traceback__)
-    mine = [f"{Path(f.filename).name}:{f.lineno} ({f.name})" for f in frames
+    mine = [{"file": Path(f.filename).name, "line": f.lineno, "function": f.name} for f in frames
             if Path(f.filename).as_posix().endswith(STUDENT_FILES)]
     return {"type": type(error).__name__, "message": first_line(error), "frames": mine,
             "origin": frames[-1].name if frames else "", "not_implemented": isinstance(error, NotImplementedError)}
+
+
+def where(record):
+    """Where in the student's files an error arose: the student's own lines that led to it, outermost
+    first, and the given function it was raised in, if any; "" when no frame is in those files."""
+    frames = [f for f in record.get("frames") or [] if isinstance(f, dict)]
+    if not frames:
+        return ""
+    own = [f for f in frames if f.get("function") not in GIVEN_FUNCTIONS] or frames
+    text = "at " + " -> ".join(f"{f['file']}:{f['line']}, in {f['function']}" for f in own)
+    last = frames[-1]
+    if last is not own[-1]:
+        text += f"; raised inside {last['function']}, {last['file']}:{last['line']}"
+    return text
 
 
 def plain(value):
@@ -341,12 +355,29 @@ def probe_bound(check, seed, results, which, batch):
     out = seeded(bound, draw_seed(seed, 0))
     results["draw"] = plain(out)
     first = out[0] if isinstance(out, (tuple, list)) and len(out) else None
+    if isinstance(first, torch.Tensor) and check.kind == "gmvae" and not torch.isfinite(first).all():
+        results["finite with positive z_pre"] = finite_with_positive_pre(model, bound, seed)
     if isinstance(first, torch.Tensor):
         results["requires_grad"] = first.requires_grad
         if first.requires_grad and first.dim() == 0:
             results["grads"] = model_grads(first, model)
     with torch.no_grad():
         results["paired"] = [plain(seeded(bound, draw_seed(seed, i))) for i in range(1, PAIRED_DRAWS + 1)]
+
+
+def finite_with_positive_pre(model, bound, seed):
+    """Whether the GMVAE's bound, not finite, becomes finite once the second half of z_pre (the prior's
+    variances before their softplus) is made positive: a sign that the bound took them raw."""
+    with torch.no_grad():
+        saved = model.z_pre.detach().clone()
+        model.z_pre[:, K:] = model.z_pre[:, K:].abs() + 0.1
+        try:
+            out = seeded(bound, draw_seed(seed, 0))
+            return all(isinstance(t, torch.Tensor) and bool(torch.isfinite(t).all()) for t in out)
+        except Exception:
+            return False
+        finally:
+            model.z_pre.copy_(saved)
 
 
 def probe_elbo(check, seed, results):

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
 from codebase.check import inputs as data
-from codebase.check.inputs import F64, K, ODD_BATCH, Z_DIM
-from codebase.check.probe import (IW, MIXTURE_CASES, PAIRED_DRAWS, PAIRED_SHAPES, REDUCTION_CASES,
-                                  BERNOULLI_EXTREMES, REDUCTION_EXTREMES, SAMPLE_DRAWS, SAMPLE_M, SAMPLE_V,
-                                  bound_images, draw_seed, gen, inputs_of, project)
 from codebase.check.figures import MODEL_LABELS
+from codebase.check.inputs import F64, K, Z_DIM
+from codebase.check.probe import (BERNOULLI_EXTREMES, IW, MIXTURE_CASES, PAIRED_DRAWS, PAIRED_SHAPES,
+                                  REDUCTION_CASES, REDUCTION_EXTREMES, SAMPLE_DRAWS, SAMPLE_M, SAMPLE_V,
+                                  bound_images, draw_seed, gen, inputs_of, project)
+from codebase.check.registry import ODD_BATCH
 
 
 def mixture(z, m, v, sd=None):
@@ -104,6 +105,13 @@ def ref_reduction(check, seed):
     return cases
 
 
+def _first_row(z, m, v):
+    """log_mean_exp(log_normal(z.unsqueeze(1), m[0], v[0]), dim=1): the components of the first row only
+    (for m of shape (k, dim), the first component alone)."""
+    comps = Normal(m[0], v[0].sqrt()).log_prob(z.unsqueeze(1)).sum(-1)
+    return torch.logsumexp(comps, 1) - math.log(comps.size(1))
+
+
 def ref_mixture(check, seed):
     cases = {}
     for i, (batch, k, dim, m_lead, v_lead) in enumerate(MIXTURE_CASES):
@@ -116,8 +124,10 @@ def ref_mixture(check, seed):
             "mixture: v as sd": mixture(z, m, v, sd=v), "mixture: mean of logs": comps.mean(-1),
             "mixture: max": comps.amax(-1), "mixture: not reduced": comps,
             "mixture: over batch": torch.logsumexp(comps, 0) - math.log(batch),
-            "mixture: summed over batch": want.sum(), "mixture: mean over batch": want.mean()},
-            rtol=1e-7, atol=1e-6, where=where, **({} if m_lead == v_lead == (1,) else {"on_error": "mixture: shapes"}))
+            "mixture: summed over batch": want.sum(), "mixture: mean over batch": want.mean(),
+            "mixture: first row": _first_row(z, m, v)},
+            rtol=1e-7, atol=1e-6, where=where, sizes=(batch, k, dim),
+            **({} if m_lead == v_lead == (1,) else {"on_error": "mixture: shapes"}))
     return cases
 
 

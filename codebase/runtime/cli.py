@@ -10,11 +10,11 @@ import os
 import platform
 import sys
 import time
-import traceback
-from pathlib import Path
 
 import torch
 
+from codebase.check.mistakes import CAUSES, cause_of_error
+from codebase.check.probe import error_record, where
 from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, Config
 from codebase.data import load_mnist
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
@@ -64,9 +64,11 @@ def preflight(model, device, iwae):
             raise UnfinishedCode(f"not implemented yet: {e or what}. Write it, check it with "
                                  "python -m codebase.check, then run again.") from None
         except Exception as e:  # any failure of the student's code, before the run starts
-            frames = [f for f in traceback.extract_tb(e.__traceback__) if "codebase" in Path(f.filename).parts]
-            where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-            raise UnfinishedCode(f"{what} fails on two random images ({first_line(e)}{where}). "
+            record = error_record(e)
+            located = f", {where(record)}" if where(record) else ""
+            cause = cause_of_error(record["message"], len(x), getattr(model, "k", 0), model.z_dim)
+            likely = f" Likely cause: {CAUSES[cause]}." if cause else ""
+            raise UnfinishedCode(f"{what} fails on two random images ({first_line(e)}{located}).{likely} "
                                  "Run python -m codebase.check to find the mistake.") from None
 
 
