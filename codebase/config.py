@@ -6,6 +6,7 @@ MODELS = ("gmvae", "vae")
 CHECKPOINT_NAME = "model-{:05d}.pt"  # checkpoints/<run>/model-<iteration>.pt
 GRID_ROWS, GRID_COLS = 10, 20  # the sample grids: 200 draws from p(x), as Problem 3.3 asks
 SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
+TRAINING_CURVE = "training_curve.png"  # logs/<run>/: NELBO, KL and Rec against the iteration
 
 
 @dataclass(frozen=True)

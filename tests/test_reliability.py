@@ -94,6 +94,31 @@ def test_a_signal_saves_a_checkpoint_and_resuming_matches(signum, status, resume
     assert [r for r in rows if r > stopped_at] == list(range(stopped_at + 50, 300, 50)) + [300]
 
 
+def test_a_run_that_starts_again_takes_the_old_figures_away_and_the_check_says_it_is_unfinished(
+        straight_run, tmp_path, mnist_dir):
+    import shutil
+
+    ref_cwd, _ = straight_run
+    for kind in ("checkpoints", "logs"):
+        shutil.copytree(ref_cwd / kind, tmp_path / kind)
+    run_folder = tmp_path / "logs" / GMVAE_RUN
+    assert (run_folder / "results.json").is_file() and (run_folder / "training_curve.png").is_file()
+    (run_folder / "metrics.csv").unlink()  # so that a row in it is the new run's
+    proc = subprocess.Popen(script("--iter_max", "100000", "--overwrite", cwd=tmp_path, mnist_dir=mnist_dir),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(proc, run_folder / "metrics.csv")
+        left = sorted(p.name for p in run_folder.iterdir())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=900)
+    assert left == [".lock", "metrics.csv"]  # the results and pictures of the old run are gone
+    out = subprocess.run([sys.executable, "-m", "codebase.check", "--results", "--logs", str(tmp_path / "logs")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 1 and "the run has not finished" in out.stdout
+    assert "python run_gmvae.py --resume, with the flags it was started with, continues it" in out.stdout
+
+
 def test_existing_checkpoints_are_never_deleted_unasked(straight_run, tmp_path, mnist_dir):
     ref_cwd, _ = straight_run
     import shutil
@@ -241,9 +266,10 @@ def test_nan_loss_stops_training_names_the_iteration_and_keeps_the_good_checkpoi
 
     model.negative_elbo_bound = poisoned
     gray = torch.rand(1000, 784)
-    with pytest.raises(NonFiniteLoss, match="iteration 137"):
+    with pytest.raises(NonFiniteLoss, match="iteration 137") as error:
         train(model, make_optimizer(model, config, device), gray, config, device,
               training_generator(config, device), log=lambda *a: None)
+    assert "model-00100.pt (iteration 100), is the last good state" in str(error.value)
     assert list(checkpoint.existing(config.checkpoint_dir)) == [100]
     assert checkpoint.load(checkpoint.path_for(config.checkpoint_dir, 100), config.architecture, device)
 
@@ -256,7 +282,10 @@ def test_nan_loss_exits_non_zero_without_a_traceback(tmp_path, mnist_dir, monkey
                         lambda self, x, generator=None: (torch.tensor(float("inf"), requires_grad=True),) * 3)
     status = exit_code(lambda **f: run(Config(**f), log=lambda *a: None), iter_max=60, data_dir=str(mnist_dir))
     assert status == 1
-    assert "nan or inf at iteration 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nan or inf at iteration 1;" in err and "No checkpoint was written before it" in err
+    # Stopped at the step itself: the bar never got past it.
+    assert not list((tmp_path / "checkpoints").rglob("*.pt"))
 
 
 # ---- the shared data folder --------------------------------------------------------------------

@@ -4,22 +4,28 @@
 
 The ranges, labels, run scripts and graded setting are codebase/check/figures.py's: this module
 only reads a run's results.json and says whether its NELBO, KL and Rec lie in them, and if not,
-the likely reason.
+the likely reason. A run writes results.json at its end only (and removes an earlier run's when
+it starts), so a run without one has not finished.
 """
 import json
 import math
 from pathlib import Path
 
-from codebase.check.judge import Failure
-from codebase.runtime.errors import first_line
 from codebase.check.figures import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
 from codebase.check.figures import TERM_LABELS as TERMS
+from codebase.check.judge import Failure
+from codebase.config import TRAINING_CURVE
+from codebase.runtime.errors import first_line
 
 
-def newest_results(logs, model):
-    """The newest logs/model=<model>_*/results.json by modification time, or None."""
-    found = [p for p in Path(logs).glob(f"model={model}_*/results.json") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+def newest_run(logs, model):
+    """The newest run folder logs/model=<model>_*/, by its results.json or metrics.csv, or None."""
+    def changed(folder):
+        return max((p.stat().st_mtime for p in (folder / "results.json", folder / "metrics.csv") if p.is_file()),
+                   default=None)
+
+    found = [f for f in Path(logs).glob(f"model={model}_*") if f.is_dir() and changed(f) is not None]
+    return max(found, key=changed, default=None)
 
 
 def _why(model, term, value, results):
@@ -48,10 +54,15 @@ def _why(model, term, value, results):
 def check_results(logs, model):
     """The newest run's NELBO, KL and Rec against the accepted ranges; returns the PASS line's note."""
     label, script = MODEL_LABELS[model], RUN_SCRIPTS[model]
-    path = newest_results(logs, model)
-    if path is None:
+    folder = newest_run(logs, model)
+    if folder is None:
         raise Failure(f"no results in {logs}/ (no {logs}/model={model}_*/results.json)",
                       f"the {label} has not been trained and evaluated yet: run python {script}")
+    path = folder / "results.json"
+    if not path.is_file():
+        raise Failure(f"no results.json in {folder}: the run has not finished (it is training, or it stopped "
+                      "before its end)", f"if it stopped, python {script} --resume, with the flags it was "
+                      f"started with, continues it; its curve so far is in {folder / 'metrics.csv'}")
     try:
         results = json.loads(path.read_text())
         values = {term: float(results[term]) for term in TERMS}
@@ -69,14 +80,15 @@ def check_results(logs, model):
     figures = ", ".join(f"{TERMS[t]} {values[t]:.2f} (accepted {'{:g} to {:g}'.format(*accepted_range(model, t))})"
                         for t in TERMS)
     outside = [t for t in TERMS if not accepted_range(model, t)[0] <= values[t] <= accepted_range(model, t)[1]]
+    curve = folder / TRAINING_CURVE
     if not outside:
-        return f"{figures}; {path}"
+        return f"{figures}; {path}; the curves: {curve}"
     term = outside[0]
     low, high = accepted_range(model, term)
     value = values[term]
     off, where = (value - high, "above") if value > high else (low - value, "below")
     raise Failure(f"expected {TERMS[term]} {low:g} to {high:g}, got {value:.2f}, {off:.2f} {where} the range "
-                  f"({figures}) in {path}", _why(model, term, value, results))
+                  f"({figures}) in {path}", f"{_why(model, term, value, results)}; the curves: {curve}")
 
 
 def main(logs, only=None):
@@ -86,7 +98,7 @@ def main(logs, only=None):
     Returns:
         status: int: 0 if every line is a PASS, else 1
     """
-    models = [model for model in MODEL_LABELS if newest_results(logs, model)] or list(MODEL_LABELS)
+    models = [model for model in MODEL_LABELS if newest_run(logs, model)] or list(MODEL_LABELS)
     models = [m for m in models if not only or any(text in f"results: {MODEL_LABELS[m]}" for text in only)]
     failed = 0
     for model in models:

@@ -15,7 +15,7 @@ import torch
 
 from codebase.check.mistakes import CAUSES, cause_of_error
 from codebase.check.probe import error_record, where
-from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, Config
+from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, TRAINING_CURVE, Config
 from codebase.data import load_mnist
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
 from codebase.models import make_model
@@ -23,6 +23,7 @@ from codebase.runtime import checkpoint
 from codebase.runtime.errors import UserError, first_line
 from codebase.runtime.files import (InUse, check_writable, locked, remove_stale_temporaries, write_json,
                                     write_png_grid)
+from codebase.runtime.metrics import read_metrics, write_training_curve
 from codebase.train import MAX_SEED, make_optimizer, train, training_generator
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -275,6 +276,9 @@ def _run(config, device, log):
     if config.train:
         remove_stale_temporaries(config.checkpoint_dir)
         checkpoint.prepare_folder(config.checkpoint_dir, config.resume, config.overwrite)
+        # The figures and pictures of an earlier run are not this one's: they go, and come back at its end.
+        for name in ("results.json", TRAINING_CURVE, *SAMPLES.values()):
+            (config.log_dir / name).unlink(missing_ok=True)
         optimizer = make_optimizer(model, config, device)
         generator = training_generator(config, device)
         start, seconds = _resume_point(config, model, optimizer, generator, device, log)
@@ -312,10 +316,12 @@ def _run(config, device, log):
     binary, means = config.log_dir / SAMPLES["binary"], config.log_dir / SAMPLES["means"]
     write_png_grid(binary, sample_binary(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
     write_png_grid(means, sample_means(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
+    metrics, curve = config.log_dir / "metrics.csv", config.log_dir / TRAINING_CURVE
+    write_training_curve(curve, read_metrics(metrics)[0] if metrics.is_file() else [], config.model, results)
     write_json(config.log_dir / "results.json", results)
 
     newest = max(checkpoint.existing(config.checkpoint_dir).items(), default=(None, "none"))[1]
-    log(f"Files: checkpoint {newest}\n       metrics {config.log_dir / 'metrics.csv'}\n"
+    log(f"Files: checkpoint {newest}\n       metrics {metrics}\n       curve   {curve}\n"
         f"       samples {binary} (10 x 20 binary draws x ~ p(x|z), z ~ p(z))\n"
         f"       samples {means} (their Bernoulli means, the same z)\n"
         f"       results {config.log_dir / 'results.json'}")
