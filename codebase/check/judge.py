@@ -1,7 +1,7 @@
 """The judge: compare what the probe recorded with the expected values, and name the likely mistake.
 
 It never runs the code under test: it reads the probe's results (tensors and plain data) and the
-expected values of references.py (or the starter's stored copy of them), and gives each check
+expected values (computed by the course's references, or stored in expected.pt), and gives each check
 its PASS or FAIL line. A wrong value is matched against the usual mistakes (mistakes.py); for any
 other mistake the FAIL line says what is off, by how much and which way.
 """

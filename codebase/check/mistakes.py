@@ -29,7 +29,7 @@ def _reductions(fn):
                                    "is cut from the graph (.detach(), .data or .item())"}
 
 
-# The likely cause of each mistake that a check names; tests/test_check.py makes each one.
+# The likely cause of each mistake that a check names.
 CAUSES = {
     "not a tensor": "return a torch tensor (no .item(), numpy or python numbers)",
     "detached": ".detach(), .item(), numpy or torch.tensor(...) cut the graph: use torch operations only",

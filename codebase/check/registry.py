@@ -1,4 +1,4 @@
-"""The registry of checks: the one list that the self-check, the grader's points and the README read.
+"""The registry of checks: the one list that the self-check and the grader read.
 
 Each check has a name, tests one function, and names the checks of the functions it builds on:
 when those fail too, its FAIL line says to fix them first. The checks run in this order,

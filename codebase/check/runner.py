@@ -1,7 +1,7 @@
 """`python -m codebase.check`: probe your functions and judge them, in one process.
 
-The expected values come from references.py where it exists (the model answer), else from the
-values stored in expected.pt (the starter), which course.handout makes from references.py.
+The expected values are computed by the course's references where they are present (the model
+answer, the grader), else read from expected.pt, where the course's handout script stored them.
 """
 import argparse
 import functools

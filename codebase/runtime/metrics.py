@@ -1,7 +1,7 @@
 """logs/<run>/metrics.csv, written as training goes and read again on resume, and the progress bar.
 
-Reading needs no torch (writeup/make_results.py renders the write-up without it): torch comes in
-with the writer.
+Reading needs no torch, so that tools without it can read a run's curve: torch comes in with the
+writer.
 """
 import sys
 from pathlib import Path
