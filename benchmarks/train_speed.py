@@ -26,9 +26,9 @@ from codebase import utils as ut  # noqa: E402
 from codebase.config import Config  # noqa: E402
 from codebase.data import ensure_mnist, load_mnist  # noqa: E402
 from codebase.evaluate import evaluate  # noqa: E402
-from codebase.runtime.cli import describe, select_device  # noqa: E402
 from codebase.models import GMVAE, make_model  # noqa: E402
 from codebase.models.nns import ELU  # noqa: E402
+from codebase.runtime.cli import describe, select_device  # noqa: E402
 from codebase.train import make_optimizer, train, training_generator  # noqa: E402
 
 
