@@ -632,11 +632,16 @@ def grade(submission, out, options=Options()):
     trusted = Path(tempfile.mkdtemp(prefix="autograder-trusted-"))  # root's alone: 0700
     workdir = box.make_workdir({**starter_files(), **found.files}, WRITABLE)
     try:
+        seconds = extra["seconds"] = {}  # each part's wall time, for the limits (course/README.md)
+        clock = time.monotonic()
         probed = probe(names, workdir, box, seed, trusted, options) if names else Probed()
+        seconds["probe"], clock = round(time.monotonic() - clock, 1), time.monotonic()
         training = any(wanted(name) for name in (*FIGURE_TESTS, GRID_TEST))
         run = train(workdir, box, options, data_dir, trusted) if training else None
+        seconds["training"], clock = round(time.monotonic() - clock, 1), time.monotonic()
         try:
             judged = run_judge(seed, probed.kept, trusted, run, data_dir, threads)
+            seconds["judge"] = round(time.monotonic() - clock, 1)
         except (GraderError, subprocess.TimeoutExpired, OSError, ValueError) as e:
             tests = [grader_failed(name, e) for name in POINTS if wanted(name)]
             judged = None

@@ -58,8 +58,10 @@ import json, sys
 results = json.load(open(sys.argv[1]))
 for test in results["tests"]:
     print(f"{test['score']:>6g} / {test['max_score']:<3g} {test['name']}: {test['output'].splitlines()[0]}")
-print(f"score: {results['score']:g} / 100; the student's code ran {results['extra_data']['sandbox']}; "
-      f"grading took {results['execution_time']:.0f} s (results.json's execution_time)")
+extra = results["extra_data"]
+print(f"score: {results['score']:g} / 100; the student's code ran {extra['sandbox']}; "
+      f"grading took {results['execution_time']:.0f} s (results.json's execution_time: "
+      + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in extra["seconds"].items()) + ")")
 sys.exit(0 if results["score"] == 100 else 1)
 EOF
 echo "wall time: install $((installed - started)) s (setup.sh and the zip), grading $((graded - installed)) s"
