@@ -348,6 +348,13 @@ def cause_of(line):
     return line.split("; likely cause: ", 1)[1]
 
 
+def test_every_check_has_a_probe_a_reference_and_a_judge():
+    from codebase.check import judge, probe, references
+    keys = {c.key for c in CHECKS.values()}
+    assert keys == set(probe.PROBES) == set(references.REFERENCES)
+    assert set(judge.JUDGES) < keys  # the others are judged case by case
+
+
 def test_every_cause_has_a_mistake_that_makes_it():
     assert sorted(MISTAKES) == sorted(CAUSES)
     assert {name for name, *_ in MISTAKES.values()} <= set(CHECKS)

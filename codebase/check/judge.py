@@ -13,6 +13,10 @@ import torch
 from codebase.check.inputs import F64, K, Z_DIM
 from codebase.check.mistakes import CAUSES, cause_of_error
 from codebase.check.probe import ELBO_REPEATS, IWAE_REPEATS, PAIRED_DRAWS, where
+from codebase.check.registry import registrar
+
+JUDGES = {}  # {check's key: its judge}; a check without one is judged case by case (judge_cases)
+judges = registrar(JUDGES)
 
 GRAD_RTOL = 1e-3  # float32 against float64 gradients differ by about 1e-5 of their size
 
@@ -180,6 +184,7 @@ def judge_cases(check, found, expected):
             compare(got, **spec)
 
 
+@judges("sample_gaussian")
 def judge_sample_gaussian(check, found, expected):
     n, shape = expected["n"], tuple(expected["expanded shape"])
     z = take(found, "draws")
@@ -236,6 +241,7 @@ def _within(diffs, slack=2e-3):
     return bool(diffs.mean().abs() <= 5 * diffs.std() / math.sqrt(len(diffs)) + slack)
 
 
+@judges("elbo", "iwae", "odd_batch")
 def judge_bound(check, found, expected):
     """A bound's values on the shared draw of z, then their gradients. Values off there are compared
     over more draws paired by seed (_paired), in case the bound draws z in another order."""
@@ -336,6 +342,7 @@ def _draws(found, key, count):
     return _stack([scalars(d, ("bound", "kl", "rec"), finite=False) for d in draws])
 
 
+@judges("iwae_one")
 def judge_iwae_one(check, found, expected):
     elbo, iwae1 = _draws(found, "nelbo", ELBO_REPEATS), _draws(found, "iwae1", IWAE_REPEATS[1])["bound"]
     nelbo, kl, batch = elbo["bound"], elbo["kl"], 100
@@ -352,6 +359,7 @@ def judge_iwae_one(check, found, expected):
                   "iwae-1: nelbo summed": nelbo / batch}, same) or "iwae-1: differ")
 
 
+@judges("iwae_falls")
 def judge_iwae_falls(check, found, expected):
     iwae = {k: _draws(found, f"iwae{k}", n)["bound"] for k, n in IWAE_REPEATS.items()}
     means = {k: v.mean() for k, v in iwae.items()}
@@ -364,9 +372,6 @@ def judge_iwae_falls(check, found, expected):
          ", ".join(f"IWAE-{k} {fmt_num(m)}" for k, m in means.items()),
          "iwae falls: " + ("underflow" if not finite else "flat" if flat else "not falling"))
 
-
-JUDGES = {"sample_gaussian": judge_sample_gaussian, "elbo": judge_bound, "iwae": judge_bound,
-          "odd_batch": judge_bound, "iwae_one": judge_iwae_one, "iwae_falls": judge_iwae_falls}
 
 
 def _raised(check, record, expected):

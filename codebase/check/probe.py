@@ -24,7 +24,7 @@ import torch
 
 from codebase.check import inputs as data
 from codebase.check.inputs import BATCH, F64, K, Z_DIM
-from codebase.check.registry import CHECKS, GIVEN_FUNCTIONS, ODD_BATCH, by_name
+from codebase.check.registry import CHECKS, GIVEN_FUNCTIONS, ODD_BATCH, by_name, registrar
 
 IW = 10  # importance samples in the same-draw comparisons of the IWAE bound
 PAIRED_DRAWS = 16  # more draws of a bound, paired by seed, for a bound that draws z in another order
@@ -34,6 +34,10 @@ ELBO_REPEATS = 30  # NELBO and IWAE-1 draws for "IWAE-1 = NELBO on average"
 IWAE_REPEATS = {1: 30, 10: 4, 100: 1}
 PROJECTIONS = 16  # a model's gradient is compared through this many fixed random projections
 STUDENT_FILES = ("codebase/utils.py", "codebase/models/gmvae.py")  # the files that a student edits
+
+
+PROBES = {}  # {check's key: its probe}
+probes = registrar(PROBES)
 
 
 class Raised(Exception):
@@ -203,11 +207,13 @@ def inputs_of(key, seed, i=0):
     raise KeyError(key)
 
 
+@probes("log_normal")
 def probe_log_normal(check, seed, results):
     for i in range(len(PAIRED_SHAPES)):
         results[i] = plain(student("utils").log_normal(*inputs_of("log_normal", seed, i)))
 
 
+@probes("log_normal_far")
 def probe_log_normal_far(check, seed, results):
     # 100 away with variance 1e-8: log-densities near -5e12, fine in float32 if kept in log space.
     x, v = torch.full((3, 10), 100.0, requires_grad=True), torch.full((3, 10), 1e-8, requires_grad=True)
@@ -216,6 +222,7 @@ def probe_log_normal_far(check, seed, results):
     results["far grads"] = input_grads(got, (x, v))
 
 
+@probes("log_sum_exp", "log_mean_exp")
 def probe_reduction(check, seed, results):
     fn = getattr(student("utils"), check.target)
     for i in range(len(REDUCTION_CASES)):
@@ -227,6 +234,7 @@ def probe_reduction(check, seed, results):
     results["far grads"] = input_grads(got, (x,))
 
 
+@probes("log_normal_mixture")
 def probe_mixture(check, seed, results):
     for i in range(len(MIXTURE_CASES)):
         try:
@@ -237,6 +245,7 @@ def probe_mixture(check, seed, results):
             results[i] = {"type": "error", "error": error_record(e)}
 
 
+@probes("mixture_far")
 def probe_mixture_far(check, seed, results):
     # |z - m| up to 100 with variance 1e-8: every component density is exp(-5e12) = 0 in floating point.
     z, m, v = inputs_of("mixture_far", seed)
@@ -246,6 +255,7 @@ def probe_mixture_far(check, seed, results):
     results["far grads"] = input_grads(got, (z,))
 
 
+@probes("sample_gaussian")
 def probe_sample_gaussian(check, seed, results):
     ut, n = student("utils"), SAMPLE_DRAWS
     m, v = torch.tensor(SAMPLE_M), torch.tensor(SAMPLE_V)
@@ -259,6 +269,7 @@ def probe_sample_gaussian(check, seed, results):
     results["expanded grads"] = input_grads(a, (m, v))
 
 
+@probes("kl_normal")
 def probe_kl_normal(check, seed, results):
     ut = student("utils")
     for i in range(len(PAIRED_SHAPES)):
@@ -268,12 +279,14 @@ def probe_kl_normal(check, seed, results):
                                         torch.ones(10)))
 
 
+@probes("gaussian_parameters")
 def probe_gaussian_parameters(check, seed, results):
     for i in range(3):
         h, dim = inputs_of("gaussian_parameters", seed, i)
         results[i] = plain(student("utils").gaussian_parameters(h, dim=dim))
 
 
+@probes("log_bernoulli_with_logits")
 def probe_log_bernoulli(check, seed, results):
     ut = student("utils")
     # The ELBO's case, then the IWAE bound's: images (batch, 784) against logits (iw, batch, 784).
@@ -380,10 +393,12 @@ def finite_with_positive_pre(model, bound, seed):
             model.z_pre.copy_(saved)
 
 
+@probes("elbo")
 def probe_elbo(check, seed, results):
     probe_bound(check, seed, results, "elbo", BATCH)
 
 
+@probes("iwae", "odd_batch")
 def probe_odd_batch(check, seed, results):
     """A bound with a batch of 97 (the ELBO, or for the IWAE check the IWAE bound); where that raises,
     whether it runs with 100, which tells a hard-coded batch size."""
@@ -412,22 +427,17 @@ def draws(kind, k, seed):
         return [plain(seeded(bound, draw_seed(seed, 100 + i))) for i in range(IWAE_REPEATS[k] if k else ELBO_REPEATS)]
 
 
+@probes("iwae_one")
 def probe_iwae_one(check, seed, results):
     results["nelbo"] = draws(check.kind, 0, seed)
     results["iwae1"] = draws(check.kind, 1, seed)
 
 
+@probes("iwae_falls")
 def probe_iwae_falls(check, seed, results):
     for k in IWAE_REPEATS:
         results[f"iwae{k}"] = draws(check.kind, k, seed)
 
-
-PROBES = {"log_normal": probe_log_normal, "log_normal_far": probe_log_normal_far, "log_sum_exp": probe_reduction,
-          "log_mean_exp": probe_reduction, "log_normal_mixture": probe_mixture, "mixture_far": probe_mixture_far,
-          "sample_gaussian": probe_sample_gaussian, "kl_normal": probe_kl_normal,
-          "gaussian_parameters": probe_gaussian_parameters, "log_bernoulli_with_logits": probe_log_bernoulli,
-          "elbo": probe_elbo, "iwae": probe_odd_batch, "odd_batch": probe_odd_batch, "iwae_one": probe_iwae_one,
-          "iwae_falls": probe_iwae_falls}
 
 
 def run(check, seed):

@@ -20,7 +20,11 @@ from codebase.check.inputs import F64, K, Z_DIM
 from codebase.check.probe import (BERNOULLI_EXTREMES, IW, MIXTURE_CASES, PAIRED_DRAWS, PAIRED_SHAPES,
                                   REDUCTION_CASES, REDUCTION_EXTREMES, SAMPLE_DRAWS, SAMPLE_M, SAMPLE_V,
                                   bound_images, draw_seed, gen, inputs_of, project)
-from codebase.check.registry import ODD_BATCH
+from codebase.check.registry import ODD_BATCH, registrar
+
+
+REFERENCES = {}  # {check's key: its reference}
+references = registrar(REFERENCES)
 
 
 def mixture(z, m, v, sd=None):
@@ -63,6 +67,7 @@ def _log_normal_mistakes(x, m, v):
 # codebase/utils.py: {case: spec}, in the order the judge takes them
 # ---------------------------------------------------------------------------------------------
 
+@references("log_normal")
 def ref_log_normal(check, seed):
     cases = {}
     for i, (x_shape, p_shape) in enumerate(PAIRED_SHAPES):
@@ -72,6 +77,7 @@ def ref_log_normal(check, seed):
     return cases
 
 
+@references("log_normal_far")
 def ref_log_normal_far(check, seed):
     x, m, v = torch.full((3, 10), 100.0, dtype=F64), torch.zeros(3, 10, dtype=F64), torch.full((3, 10), 1e-8, dtype=F64)
     return {"far": case("log_normal(x, m, v)", Normal(m, v.sqrt()).log_prob(x).sum(-1), _log_normal_mistakes(x, m, v),
@@ -80,6 +86,7 @@ def ref_log_normal_far(check, seed):
             "far grads": {"names": ["x", "v"], "nonfinite": "log_normal: gradient"}}
 
 
+@references("log_sum_exp", "log_mean_exp")
 def ref_reduction(check, seed):
     name, cases = check.target, {}
     shift = (lambda n: math.log(n)) if name == "log_mean_exp" else (lambda n: 0.0)
@@ -112,6 +119,7 @@ def _first_row(z, m, v):
     return torch.logsumexp(comps, 1) - math.log(comps.size(1))
 
 
+@references("log_normal_mixture")
 def ref_mixture(check, seed):
     cases = {}
     for i, (batch, k, dim, m_lead, v_lead) in enumerate(MIXTURE_CASES):
@@ -131,6 +139,7 @@ def ref_mixture(check, seed):
     return cases
 
 
+@references("mixture_far")
 def ref_mixture_far(check, seed):
     z, m, v = (t.double() for t in inputs_of("mixture_far", seed))
     return {"far": case("log_normal_mixture(z, m, v)", mixture(z, m, v), rtol=1e-5, atol=1e-3,
@@ -139,6 +148,7 @@ def ref_mixture_far(check, seed):
             "far grads": {"names": ["z"], "nonfinite": "mixture: gradient nan", "nonzero": "mixture: flat gradient"}}
 
 
+@references("sample_gaussian")
 def ref_sample_gaussian(check, seed):
     m, v, ones = torch.tensor(SAMPLE_M, dtype=F64), torch.tensor(SAMPLE_V, dtype=F64), torch.ones(3, dtype=F64)
     # The sample variance is within 2% (6 sd) and the mean within 0.05 (7 sd). The variance goes
@@ -151,6 +161,7 @@ def ref_sample_gaussian(check, seed):
                          rtol=0, atol=0.05, match=(0.05, 0.05))}
 
 
+@references("kl_normal")
 def ref_kl_normal(check, seed):
     cases = {}
     for i, (q_shape, p_shape) in enumerate(PAIRED_SHAPES):
@@ -169,6 +180,7 @@ def ref_kl_normal(check, seed):
     return cases
 
 
+@references("gaussian_parameters")
 def ref_gaussian_parameters(check, seed):
     cases = {}
     for i in range(3):
@@ -189,6 +201,7 @@ def ref_gaussian_parameters(check, seed):
     return cases
 
 
+@references("log_bernoulli_with_logits")
 def ref_log_bernoulli(check, seed):
     cases = {}
     bernoulli = lambda logits: Bernoulli(logits=logits, validate_args=False)
@@ -299,6 +312,7 @@ def part_grads(out, state):
     return {part: project(torch.cat([grads[n].flatten() for n in ns])) for part, ns in parts.items()}
 
 
+@references("elbo", "iwae", "odd_batch")
 def ref_bound(check, seed):
     """A bound's want and mistakes, each a tensor: (draws,) over the probe's draws of z (the shared one
     first), and the
@@ -324,17 +338,11 @@ def ref_bound(check, seed):
             "grads, z detached": part_grads(reference(check.kind, state, x, eps, detach_z=True)[0][first], state)}
 
 
+@references("iwae_one", "iwae_falls")
 def ref_none(check, seed):
     """Checks that compare the code under test with itself (IWAE-1 against the NELBO, IWAE-k across k)."""
     return {}
 
-
-REFERENCES = {"log_normal": ref_log_normal, "log_normal_far": ref_log_normal_far, "log_sum_exp": ref_reduction,
-              "log_mean_exp": ref_reduction, "log_normal_mixture": ref_mixture, "mixture_far": ref_mixture_far,
-              "sample_gaussian": ref_sample_gaussian, "kl_normal": ref_kl_normal,
-              "gaussian_parameters": ref_gaussian_parameters, "log_bernoulli_with_logits": ref_log_bernoulli,
-              "elbo": ref_bound, "iwae": ref_bound, "odd_batch": ref_bound, "iwae_one": ref_none,
-              "iwae_falls": ref_none}
 
 
 def expected(check, seed):
