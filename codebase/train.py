@@ -88,7 +88,8 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
     step = make_step(model, optimizer, generator)
     if graphed(config, device):
         step = GraphedStep(step, batch, data.size(1), device, log)
-    metrics = MetricsLog(config, start, device, log, every_step=not graphed(config, device))
+    # A loss checked at each step on the CPU; on a GPU, where a check waits for the device, once a row.
+    metrics = MetricsLog(config, start, device, log, every_step=device.type == "cpu")
     began = time.perf_counter()
     seconds = lambda: train_seconds + time.perf_counter() - began
     try:
@@ -98,15 +99,16 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
                 if position == 0 or it == start + 1:
                     order = epoch_order(config.seed, epoch, n, device)
                 stats = step(data[order[position * batch:(position + 1) * batch]])
-                row = metrics.add(it, stats, last=it == config.iter_max or stop.requested)
+                stopping = stop.requested  # read once: a signal may come at any moment
+                row = metrics.add(it, stats, last=it == config.iter_max or stopping)
                 if row:  # refresh=False: the bar prints at its own pace (every 30 s into a log file)
                     bar.set_postfix(loss=f"{row[0]:.2f}", kl=f"{row[1]:.2f}", rec=f"{row[2]:.2f}", refresh=False)
                 bar.update()
-                if it % config.iter_save == 0 or it == config.iter_max or stop.requested:
+                if it % config.iter_save == 0 or it == config.iter_max or stopping:
                     path = checkpoint.path_for(config.checkpoint_dir, it)
                     checkpoint.save(path, checkpoint.training_state(model, optimizer, generator, config, it,
                                                                     seconds()))
-                if stop.requested:
+                if stopping:
                     stop.stop(it, path)
     finally:
         metrics.close()

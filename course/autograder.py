@@ -34,7 +34,7 @@ import json
 import math
 import os
 import secrets
-import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -48,7 +48,8 @@ from pathlib import Path
 from codebase.check import figures as reference
 from codebase.check.registry import CHECKS, checks_of, context_of
 from codebase.config import Config
-from course.sandbox import KEEP_BYTES, MEMORY_GB, Sandbox, clean, list_beneath, read_beneath, shown
+from course.sandbox import (CAN_RUN_SECONDS, KEEP_BYTES, MEMORY_GB, Sandbox, StillWriting, clean, list_beneath,
+                            read_beneath, remove, shown)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the repository, or /autograder/source in the grading image
@@ -104,7 +105,23 @@ WRITABLE = ("logs", "checkpoints", "home", "probe")  # all the student's code ma
 
 def worst_case_seconds(options):
     """The longest a grading can take: every limit reached, and a minute of the grader's own work."""
-    return PROBE_SECONDS + options.train_seconds + JUDGE_SECONDS + 60
+    return CAN_RUN_SECONDS + PROBE_SECONDS + options.train_seconds + JUDGE_SECONDS + 60
+
+
+def usable_cpus():
+    """The CPUs this process may use: its affinity, within a container's CPU quota (cgroup v2 or v1),
+    which a container's affinity does not show."""
+    cpus = len(os.sched_getaffinity(0))
+    for path, read in (("/sys/fs/cgroup/cpu.max", lambda text: text.split()),
+                       ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda text: [text.strip(), Path(
+                           "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
+        try:
+            quota, period = read(Path(path).read_text())[:2]
+            if quota not in ("max", "-1"):
+                cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpus
 
 
 class SubmissionError(ValueError):
@@ -217,12 +234,16 @@ def _submission_entries(submission):
     """{relative posix path: (a callable returning the bytes, the size)} of a folder or zip's files."""
     path = Path(submission)
     if path.is_dir():
-        entries = {}
-        for p in sorted(path.rglob("*")):
-            rel = p.relative_to(path)
-            if p.is_symlink() or not p.is_file() or IGNORED_PARTS & set(rel.parts):
-                continue  # a link could point at the grader's own files
-            entries[rel.as_posix()] = (lambda p=p: p.read_bytes(), p.stat().st_size)
+        entries, todo = {}, [path]
+        while todo:  # without recursion: a submission's folders may go thousands deep
+            for p in sorted(todo.pop().iterdir()):
+                rel = p.relative_to(path)
+                if p.is_symlink() or IGNORED_PARTS & set(rel.parts):
+                    continue  # a link could point at the grader's own files
+                if p.is_dir():
+                    todo.append(p)
+                elif p.is_file():
+                    entries[rel.as_posix()] = (lambda p=p: p.read_bytes(), p.stat().st_size)
         return entries
     if path.is_file() and zipfile.is_zipfile(path):
         return _zip_entries(path, path.name)
@@ -382,15 +403,15 @@ def probe(names, workdir, box, seed, trusted, options):
         if not todo or spent >= PROBE_SECONDS:
             break
         box.reset(workdir / "probe")
-        count = lambda n=len(todo): sum(f"{i}.pt" in list_beneath(workdir, "probe") for i in range(n))
+        count = lambda: len(set(list_beneath(workdir, "probe")) & {f"{i}.pt" for i in range(len(todo))})
         outcome = box.run(argv + [a for name in todo for a in ("--only", name)], workdir,
                           child_env(workdir, 1), PROBE_SECONDS - spent,
                           progress=(count, options.check_seconds, STARTUP_SECONDS))
         spent += outcome.seconds
         done.first = done.first or outcome
-        finished = 0
+        finished, why = 0, ""
         for i, name in enumerate(todo):
-            data, _ = read_beneath(workdir, f"probe/{i}.pt", MAX_RESULT_BYTES)
+            data, why = read_beneath(workdir, f"probe/{i}.pt", MAX_RESULT_BYTES)
             if data is None:
                 break
             (trusted / f"{name}.pt").write_bytes(data)
@@ -402,7 +423,9 @@ def probe(names, workdir, box, seed, trusted, options):
             for name in todo[finished:]:
                 done.problems[name] = f"the self-check was {outcome.why(box.memory_gb)}"
             return done
-        if outcome.timed_out:
+        if why not in ("", "missing"):  # it finished, but its results are not a file to be read
+            done.problems[todo[finished]] = f"the results of this check are {why}, and were not read"
+        elif outcome.timed_out:
             done.problems[todo[finished]] = (f"Timed out after {options.check_seconds:g} s on this check: is there "
                                              "an endless loop or a sleep in your code?")
         else:
@@ -426,18 +449,18 @@ def train(workdir, box, options, data_dir, trusted):
     """The training run in the graded setting, in the sandbox; its final checkpoint copied to `trusted`."""
     for name in ("logs", "checkpoints"):
         box.reset(workdir / name)  # nothing the probe wrote may pose as the run's output
-    threads = options.threads or len(os.sched_getaffinity(0))
+    threads = options.threads or usable_cpus()
     argv = [sys.executable, reference.RUN_SCRIPTS[MODEL], "--iter_max", str(options.iter_max), "--seed",
             str(GRADED.seed), "--device", "cpu", "--threads", str(threads), "--data-dir", str(data_dir)]
     outcome = box.run(argv, workdir, child_env(workdir, threads), options.train_seconds)
     setting = f"{options.iter_max:,} iterations, seed {GRADED.seed}, on the CPU"
     run = Trained(outcome)
     raw, _ = read_beneath(workdir, GRADED.log_dir / "results.json", 1 << 20)
-    try:
+    try:  # the student's process wrote it: anything may be in it, and it is only shown
         claimed = json.loads(raw)
         run.claimed = {t: float(claimed[t]) for t in FIGURE_TESTS.values()}
-    except (TypeError, ValueError, KeyError):
-        pass
+    except Exception:
+        run.claimed = None
     relative = GRADED.checkpoint_path(options.iter_max)
     data, why = read_beneath(workdir, relative, MAX_CHECKPOINT_BYTES)
     if outcome.stopped:
@@ -606,9 +629,10 @@ def grade(submission, out, options=Options()):
     if not (data_dir / "MNIST" / "raw").is_dir():
         raise GraderError(f"no MNIST in {data_dir}; run python -m codebase.data --data-dir {data_dir} "
                           "first (setup.sh does so in the grading image)")
-    threads = options.threads or len(os.sched_getaffinity(0))
-    seed = options.check_seed if options.check_seed is not None else secrets.randbelow(2**31 - 1) + 1
-    box = Sandbox.open(sys.executable, data_dir, options.memory_gb, threads)
+    threads = options.threads or usable_cpus()
+    # Seeds from 2: 1 is the starter's (its stored expected values are for it).
+    seed = options.check_seed if options.check_seed is not None else secrets.randbelow(2**31 - 2) + 2
+    box = Sandbox.open(sys.executable, data_dir, ROOT / REFERENCES, options.memory_gb, threads)
     digest, out_before = grader_digest(), file_state(out)
     notes, tests = [], []
     extra = {"iter_max": options.iter_max, "sandbox": box.describe(), "check_seed": seed}
@@ -630,8 +654,9 @@ def grade(submission, out, options=Options()):
     needed = {c.name for name in functions for c in checks_of(name) + context_of(name)}
     names = [c.name for c in CHECKS if c.name in needed]
     trusted = Path(tempfile.mkdtemp(prefix="autograder-trusted-"))  # root's alone: 0700
-    workdir = box.make_workdir({**starter_files(), **found.files}, WRITABLE)
+    workdir = None
     try:
+        workdir = box.make_workdir({**starter_files(), **found.files}, WRITABLE)
         seconds = extra["seconds"] = {}  # each part's wall time, for the limits (course/README.md)
         clock = time.monotonic()
         probed = probe(names, workdir, box, seed, trusted, options) if names else Probed()
@@ -661,13 +686,14 @@ def grade(submission, out, options=Options()):
                     extra["sample_grid_png_base64"] = base64.b64encode(grid.read_bytes()).decode()
                 if options.test_ranges:
                     notes.append(f"Figures graded against TEST ranges {ranges}, not the course's.")
-    except OSError as e:  # the work folder cannot be reset: the student's own process keeps writing into it
+    except StillWriting as e:  # only as a user other than root: its process could not be killed
         tests = [entry(name, 0, f"Your code kept writing into its folder after it ended ({shown(e)}); nothing "
                                 "more could be graded.") for name in POINTS if wanted(name)]
     finally:
         box.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(trusted, ignore_errors=True)
+        for folder in (workdir, trusted):
+            if folder is not None:
+                remove(folder)
 
     if grader_digest() != digest:
         notes.append("Warning: the grading code changed while your code ran; graded with the code loaded "
@@ -739,7 +765,7 @@ def batch(folder, out, options=Options(), jobs=None, log=print):
         raise SystemExit(f"error: no submissions (folders or zips) in {folder}")
     per_student = out.with_suffix("")
     per_student.mkdir(parents=True, exist_ok=True)
-    jobs = jobs or len(os.sched_getaffinity(0))
+    jobs = jobs or usable_cpus()
     limit = worst_case_seconds(options)
     child_options = option_argv(replace(options, threads=1))
 
@@ -747,11 +773,18 @@ def batch(folder, out, options=Options(), jobs=None, log=print):
         target = per_student / f"{name}.json"
         target.unlink(missing_ok=True)  # an earlier batch's file must not pass for this grading's
         argv = [sys.executable, "-m", "course.autograder", "grade", str(path), "--out", str(target), *child_options]
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-            lines = done.stderr.strip().splitlines()
-            problem = (lines[-1] if lines else f"exit status {done.returncode}") if done.returncode else ""
+            _, err = proc.communicate(timeout=limit)
+            lines = err.strip().splitlines()
+            problem = (lines[-1] if lines else f"exit status {proc.returncode}") if proc.returncode else ""
         except subprocess.TimeoutExpired:
+            proc.terminate()  # the grader kills its children and removes its folders on SIGTERM
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
             problem = f"the grader itself ran over {limit} s"
         try:
             return name, json.loads(target.read_text()), problem
@@ -835,6 +868,12 @@ def build_parser():
     return p
 
 
+def _stop_on_sigterm(signum, frame):
+    """SIGTERM (batch's time limit) as SystemExit, so that a grading kills its children and removes its
+    folders on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "build":
@@ -846,6 +885,7 @@ def main(argv=None):
         batch(Path(args.folder), args.out, options, args.jobs)
         return 0
     out = Path(args.out)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         results = grade(args.submission, out, options)
     except Exception as e:  # never leave Gradescope without a results.json

@@ -64,17 +64,18 @@ def trained_state(path):
     with torch.random.fork_rng(devices=[]):
         wanted = GMVAE(z_dim=z, k=k).state_dict()
     if set(state) != set(wanted):
-        missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
+        missing, extra = sorted(set(wanted) - set(state)), sorted(map(str, set(state) - set(wanted)))
         return None, (f"its weights are not the starter GMVAE's (missing: {', '.join(missing) or 'none'}; "
                       f"unexpected: {', '.join(map(str, extra[:5])) or 'none'})")
     for name, want in wanted.items():
         got = state[name]
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+        if not isinstance(got, torch.Tensor) or got.layout != torch.strided or got.shape != want.shape \
+                or got.dtype != want.dtype:
             what = f"{tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
             return None, f"its {name} is {what}, where the starter GMVAE's is {tuple(want.shape)} {want.dtype}"
         if not torch.isfinite(got).all():
             return None, f"its {name} holds nan or inf: training diverged"
-    return {name: state[name].contiguous() for name in wanted}, None
+    return {name: state[name].clone(memory_format=torch.contiguous_format) for name in wanted}, None
 
 
 def figures(state, test_x):
@@ -99,10 +100,17 @@ def figures(state, test_x):
 
 def judge_training(checkpoint, data_dir, grid_path):
     """{"problem"} or {"figures", "grid"}: the trained model's figures and the grid drawn from it."""
+    _, _, test_x, _ = load_mnist(data_dir, log=lambda *a: None)  # the grader's own: its failure is the grader's
+    try:
+        return _judge_training(checkpoint, test_x, grid_path)
+    except Exception as e:  # weights that load but cannot be used (the student's file): not the grader's failure
+        return {"problem": f"its weights cannot be used ({type(e).__name__}: {str(e)[:200]})"}
+
+
+def _judge_training(checkpoint, test_x, grid_path):
     state, problem = trained_state(checkpoint)
     if problem:
         return {"problem": problem}
-    _, _, test_x, _ = load_mnist(data_dir, log=lambda *a: None)
     found = figures(state, test_x)
     if not all(math.isfinite(v) for v in found.values()):
         return {"problem": "the bound of these weights is not finite"}

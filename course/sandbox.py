@@ -24,7 +24,6 @@ import random
 import re
 import resource
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
@@ -34,26 +33,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLAIMED_UIDS = range(40000, 60000)  # inside what a container's user namespace usually maps (0 to 65535)
-LOCKS = Path(tempfile.gettempdir())  # <LOCKS>/.autograder-uid-<uid>.lock, held while a grading uses the uid
+LOCKS = Path(tempfile.gettempdir()) / "autograder-uids"  # root's alone; <uid>.lock held while a grading uses it
 MEMORY_GB = 6.0  # address space per child; torch alone maps about 3 GB of it, training adds about 1.5
 FILE_MB = 512  # the largest file a child may write (a checkpoint is under 10 MB)
 DISK_MB = 1024  # all the files of the sandbox user together
-PROCESSES = 128  # processes and threads of the sandbox user (training uses about 10)
+PROCESSES = 64  # processes and threads of the sandbox user, and 8 more per CPU thread it is given
+FILES = 100_000  # files and folders of the sandbox user (a checkpoint run leaves a few dozen)
 KEEP_BYTES = 2048  # of a child's output: this much of the start and of the end
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # where any user may write outside the work folder
 POLL_SECONDS = 0.5
+CAN_RUN_SECONDS = 120  # the check that the sandbox user can run the grader's Python (about 2 s)
 PR_SET_NO_NEW_PRIVS = 38
-# Run as the sandbox user by the grader's Python: it must import torch and read the MNIST folder.
+# Run as the sandbox user by the grader's Python: it must import torch and read the MNIST folder, and
+# must not read the grading's secret (the references, which compute the answer): exit 4 if it can.
 CAN_RUN = """import os, sys
 import torch
 for name in sorted(os.listdir(sys.argv[1])):
     with open(os.path.join(sys.argv[1], name), "rb") as f:
         f.read(16)
+try:
+    open(sys.argv[2], "rb").close()
+except OSError:
+    sys.exit(0)
+sys.exit(4)
 """
 
 
 class SandboxError(RuntimeError):
     """The sandbox cannot be set up; nothing may be graded. The message says what to fix."""
+
+
+class StillWriting(OSError):
+    """A folder of the student's could not be emptied: its process keeps writing into it."""
+
+
+def remove(path):
+    """Delete `path` and all below it, never following a link and without recursion however deep it goes
+    (shutil.rmtree recurses, and a student's tree can be thousands of folders deep). True if it is gone."""
+    if not os.path.lexists(path):
+        return True
+    subprocess.run(["rm", "-rf", "--", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return not os.path.lexists(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,27 +219,31 @@ class Sandbox:
         return self.uid  # a group of its own, as unused as the uid
 
     @staticmethod
-    def open(python, data_dir, memory_gb=MEMORY_GB, threads=1, disk_mb=DISK_MB, processes=PROCESSES):
+    def open(python, data_dir, secret="/nonexistent", memory_gb=MEMORY_GB, threads=1, disk_mb=DISK_MB):
         """A sandbox for one grading: as root, under a uid of its own that can run `python` with torch
-        and read `data_dir`/MNIST/raw; else as this user.
+        and read `data_dir`/MNIST/raw, but not `secret`; else as this user.
 
         Raises:
-            SandboxError: root, but the claimed user cannot run the grader's Python or read MNIST
+            SandboxError: root, but the claimed user cannot run the grader's Python or read MNIST, or
+                can read the secret
         """
+        box = Sandbox(None, memory_gb, threads, disk_mb, PROCESSES + 8 * threads)
         if os.geteuid() != 0:
-            return Sandbox(None, memory_gb, threads, disk_mb, processes)
-        box = Sandbox(None, memory_gb, threads, disk_mb, processes)
+            return box
         box.uid, box._lock = _claim_uid()
         raw = Path(data_dir) / "MNIST" / "raw"
         try:
-            outcome = box.run([str(python), "-c", CAN_RUN, str(raw)], "/", {"PATH": "/usr/bin:/bin"}, 120)
+            outcome = box.run([str(python), "-c", CAN_RUN, str(raw), str(secret)], "/", {"PATH": "/usr/bin:/bin"},
+                              CAN_RUN_SECONDS)
+            problem = "" if outcome.returncode == 0 else outcome.why(memory_gb)
         except OSError as e:
-            outcome = None
-            problem = f"{type(e).__name__}: {e}"
-        if outcome is None or outcome.returncode != 0:
-            if outcome is not None:
-                problem = outcome.why(memory_gb)
+            outcome, problem = None, f"{type(e).__name__}: {e}"
+        if problem:
             box.close()
+            if outcome is not None and outcome.returncode == 4:
+                raise SandboxError(f"the sandbox user (uid {box.uid}) can read {secret}, which computes the answer; "
+                                   "refusing to grade. Grade from the autograder zip's layout, as setup.sh sets it "
+                                   "up, where only root reads the grading code.")
             raise SandboxError(
                 f"the sandbox user (uid {box.uid}) cannot run {python} with torch and read {raw} ({problem}); "
                 "refusing to run the submission as root. Install the grader's Python, its packages and MNIST "
@@ -327,10 +351,11 @@ class Sandbox:
         return found
 
     def kill_all(self):
-        """Kill every process of the sandbox user, whatever session or group it moved to."""
+        """Kill every process of the sandbox user, whatever session or group it moved to. A process in an
+        uninterruptible wait dies when the wait ends: it is given 30 s."""
         if self.uid is None:
             return
-        for _ in range(100):
+        for attempt in range(60):
             if not self._processes():
                 return
             pid = os.fork()
@@ -342,14 +367,15 @@ class Sandbox:
                 finally:
                     os._exit(0)
             os.waitpid(pid, 0)
-            time.sleep(0.02)
+            time.sleep(min(0.02 * 2 ** attempt, 1.0))
         raise SandboxError(f"the processes of uid {self.uid} could not all be killed")
 
-    def _owned(self, roots):
-        """[path] of the files and folders the sandbox user owns under `roots`, walking only folders that it
-        owns or anyone may write into (nowhere else can it have created anything)."""
+    def _owned(self, roots, limit=FILES + 1):
+        """[path] of the files and folders the sandbox user owns under `roots` (at most `limit` of them),
+        walking only folders that it owns or anyone may write into (nowhere else can it have created
+        anything), without recursion however deep they go."""
         found, todo = [], [Path(r) for r in roots]
-        while todo:
+        while todo and len(found) < limit:
             folder = todo.pop()
             try:
                 entries = list(os.scandir(folder))
@@ -367,15 +393,16 @@ class Sandbox:
                     todo.append(Path(entry.path))
         return found
 
-    def disk_bytes(self, workdir):
-        """The bytes on disk of every file of the sandbox user (the work folder and the shared temporary ones)."""
-        total = 0
-        for path in self._owned([workdir, *WORLD_WRITABLE]):
+    def disk_use(self, workdir):
+        """(bytes on disk, count) of every file and folder of the sandbox user (the work folder and the shared
+        temporary ones); the count stops past FILES."""
+        owned, total = self._owned([workdir, *WORLD_WRITABLE]), 0
+        for path in owned:
             try:
                 total += os.lstat(path).st_blocks * 512
             except OSError:
                 pass
-        return total
+        return total, len(owned)
 
     def _over_a_limit(self, workdir, processes=True):
         """The limit the sandbox user is past, in words, or ""."""
@@ -384,19 +411,19 @@ class Sandbox:
         tasks = sum(self._processes().values()) if processes else 0
         if tasks >= self.processes - 2:
             return f"your code started {tasks} processes and threads; the limit is {self.processes}"
-        if self.disk_bytes(workdir) > self.disk_mb << 20:
+        size, count = self.disk_use(workdir)
+        if size > self.disk_mb << 20:
             return f"your code's files took more than {self.disk_mb:,} MB of disk, the limit"
+        if count > FILES:
+            return f"your code made more than {FILES:,} files and folders, the limit"
         return ""
 
     def close(self):
         """Kill what is left of the user, delete its files outside the work folder, and free the uid."""
         if self.uid is not None:
             self.kill_all()
-            for path in sorted(self._owned(WORLD_WRITABLE), key=lambda p: -len(p.parts)):
-                try:
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-                except OSError:
-                    pass
+            for path in self._owned(WORLD_WRITABLE, limit=float("inf")):
+                remove(path)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -426,20 +453,15 @@ class Sandbox:
         so none can keep writing into it.
 
         Raises:
-            OSError: it cannot be emptied (a process of the grader's own user keeps writing into it)
+            StillWriting: it cannot be emptied (a process of the grader's own user keeps writing into it)
         """
         self.kill_all()
         for attempt in range(5):
-            try:
-                if path.is_symlink() or path.is_file():
-                    path.unlink()
-                elif path.exists():
-                    shutil.rmtree(path)
+            if remove(path):
                 break
-            except OSError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.2)
+            if attempt == 4:
+                raise StillWriting(errno.ENOTEMPTY, f"{path.name}/ could not be emptied")
+            time.sleep(0.2)
         path.mkdir(mode=0o700)
         if self.uid is not None:
             os.chown(path, self.uid, self.gid)
@@ -453,12 +475,19 @@ def _claim_uid():
             accounts = {int(line.split(":")[2]) for line in f if line.count(":") >= 3 and line.split(":")[2].isdigit()}
     except OSError:
         pass
+    LOCKS.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(LOCKS)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+        raise SandboxError(f"{LOCKS} is not a folder of root's alone; remove it")
     candidates = [u for u in random.sample(CLAIMED_UIDS, 200) if u not in accounts]
     for uid in candidates:
-        fd = os.open(LOCKS / f".autograder-uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(LOCKS / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # held by another grading
             os.close(fd)
             continue
         if Sandbox(uid)._processes():  # left over from a grading that was killed: not free

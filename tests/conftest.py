@@ -88,3 +88,31 @@ def grader_python(mnist_dir):
         yield python
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def autograder_zip(tmp_path_factory):
+    """The Gradescope autograder zip, built once."""
+    from course import autograder
+
+    path = tmp_path_factory.mktemp("zip") / "autograder.zip"
+    assert autograder.main(["build", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def grading_source(autograder_zip, mnist_dir, tmp_path_factory):
+    """unpack(folder): the zip as Gradescope lays it out in /autograder/source, with MNIST where setup.sh puts
+    it, in a folder that only root may enter (the grading code and the references are root's alone on
+    Gradescope; as root, the grader refuses to grade where the sandbox user could read the references)."""
+    import zipfile
+
+    def unpack(name):
+        dest = tmp_path_factory.mktemp(name)
+        os.chmod(dest, 0o700)
+        with zipfile.ZipFile(autograder_zip) as z:
+            z.extractall(dest)
+        (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
+        return dest
+
+    return unpack

@@ -140,18 +140,8 @@ def finish(proc, timeout=3600):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    path = tmp_path_factory.mktemp("zip") / "autograder.zip"
-    assert autograder.main(["build", str(path)]) == 0
-    return path
-
-
-def unpack(archive, dest, mnist_dir):
-    """The zip as Gradescope lays it out in /autograder/source, with MNIST where setup.sh puts it."""
-    with zipfile.ZipFile(archive) as z:
-        z.extractall(dest)
-    (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
-    return dest
+def built(autograder_zip):
+    return autograder_zip
 
 
 def hostile_code(results, grader):
@@ -169,10 +159,10 @@ for _path, _mode in (({str(results)!r}, "w"), ({str(grader)!r}, "a")):
 
 
 @pytest.fixture(scope="module")
-def graded(built, grader_python, tmp_path_factory, mnist_dir):
+def graded(grading_source, grader_python, tmp_path_factory):
     """Grade every submission once; {name: results.json as a dict}, plus the batches' CSV rows."""
     tmp = tmp_path_factory.mktemp("graded")
-    source = unpack(built, tmp / "source", mnist_dir)
+    source = grading_source("source")
     answer = {"utils.py": UTILS, "gmvae.py": GMVAE}
     repo = lambda folder, files: write_files(folder, {**{n: d.decode(errors="replace") for n, d in STARTER.items()
                                                          if n.endswith((".py", ".md", ".txt"))}, **files})
@@ -217,7 +207,7 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
     hang = write_files(tmp / "hang", {"utils.py": UTILS, "gmvae.py": changed(
         GMVAE, BOUND_FIRST, "import time\n        time.sleep(3600)\n        " + BOUND_FIRST)})
     # Its own copy of the grader: where the sandbox cannot stop it, it changes that copy.
-    hostile_source = unpack(built, tmp / "hostile_source", mnist_dir)
+    hostile_source = grading_source("hostile_source")
     hostile_out = tmp / "hostile_results" / "results.json"
     hostile_out.parent.mkdir()
     hostile = write_files(tmp / "hostile", {"utils.py": UTILS + hostile_code(hostile_out, hostile_source / "course/autograder.py"),
@@ -236,7 +226,7 @@ def graded(built, grader_python, tmp_path_factory, mnist_dir):
     results = {p.stem: json.loads(p.read_text()) for folder in ("full", "checks") for p in (tmp / folder).glob("*.json")}
     results["hang"] = json.loads((tmp / "hang.json").read_text())
     results["hostile"] = json.loads(hostile_out.read_text())
-    return {"results": results, "outputs": outputs, "tmp": tmp, "hostile_source": hostile_source,
+    return {"results": results, "outputs": outputs, "tmp": tmp, "source": source, "hostile_source": hostile_source,
             "csv": {name: (tmp / f"{name}.csv").read_text() for name in ("full", "checks")}}
 
 
@@ -348,11 +338,11 @@ def test_the_two_files_are_found_loose_in_a_codebase_tree_or_in_a_zipped_reposit
     assert found.missing == ["codebase/utils.py"]
 
 
-def test_an_unreadable_submission_still_gets_a_results_json(tmp_path, mnist_dir, grader_python):
+def test_an_unreadable_submission_still_gets_a_results_json(tmp_path, mnist_dir, grader_python, graded):
     bad = tmp_path / "submission.zip"
     bad.write_bytes(b"PK\3\4 not really a zip")
     out = tmp_path / "results.json"
-    proc = run_grader(grader_python, ROOT, "grade", str(bad), "--out", str(out), "--data-dir", str(mnist_dir),
+    proc = run_grader(grader_python, graded["source"], "grade", str(bad), "--out", str(out), "--data-dir", str(mnist_dir),
                       "--only", MIXTURE)
     finish(proc)
     results = json.loads(out.read_text())
@@ -407,7 +397,7 @@ def test_each_grading_draws_new_inputs_and_a_regrade_can_give_the_old_ones(grade
     answer = graded["results"]["answer"]
     out = tmp_path / "again.json"
     folder = write_files(tmp_path / "answer", {"utils.py": UTILS, "gmvae.py": GMVAE})
-    finish(run_grader(grader_python, ROOT, "grade", str(folder), "--out", str(out), "--data-dir", str(mnist_dir),
+    finish(run_grader(grader_python, graded["source"], "grade", str(folder), "--out", str(out), "--data-dir", str(mnist_dir),
                       "--only", BOUND, "--check-seed", str(answer["extra_data"]["check_seed"])))
     again = json.loads(out.read_text())
     assert again["extra_data"]["check_seed"] == answer["extra_data"]["check_seed"]
@@ -600,8 +590,16 @@ def test_batch_does_not_report_an_earlier_batchs_results(tmp_path, monkeypatch):
     folder = write_files(tmp_path / "export", {"alice/utils.py": ""})
     stale = tmp_path / "summary" / "alice.json"
     write_files(stale.parent, {stale.name: json.dumps({"score": 100, "tests": []})})
-    # The grader child dies before it writes anything.
-    monkeypatch.setattr(autograder.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "killed"))
+    class Dies:  # the grader child dies before it writes anything
+        returncode = 1
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def communicate(self, timeout=None):
+            return "", "killed"
+
+    monkeypatch.setattr(autograder.subprocess, "Popen", Dies)
     autograder.batch(folder, tmp_path / "summary.csv", jobs=1, log=lambda *a: None)
     row = next(csv.DictReader(open(tmp_path / "summary.csv")))
     assert row["score"] != "100" and row["problem"] == "killed" and not stale.exists()

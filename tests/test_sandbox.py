@@ -8,7 +8,6 @@ the tests do not run as root; CI runs as root.
 """
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -81,6 +80,30 @@ for _i in range(12):  # 1.2 GB of allocated blocks, half here and half in the sh
     _os.posix_fallocate(_fd, 0, 100 << 20)
     _os.close(_fd)
 '''
+DEEP_TREE = '''
+import os as _os
+_here = _os.getcwd()
+_os.chdir("home")
+for _ in range(1500 if not _os.path.exists("d") else 0):  # deeper than shutil.rmtree and Path.rglob recurse
+    _os.mkdir("d")
+    _os.chdir("d")
+_os.chdir(_here)
+'''
+JSON_BOMB = f'''
+import os as _os, sys as _sys
+if _sys.argv and _sys.argv[0].endswith("run_gmvae.py"):  # a results.json no parser survives, then a real run
+    _os.makedirs("logs/{RUN}", exist_ok=True)
+    open("logs/{RUN}/results.json", "w").write("[" * 200000)
+'''
+FORGED_RESULTS = '''
+import torch as _torch
+_save = _torch.save
+def _forged(obj, f, *args, **kwargs):  # every check's results replaced by ones that break a careless judge
+    _save({"name": obj.get("name"), "error": {"frames": [{"x": 1}], "message": "m"},
+           "results": {"error at 97": "s", "draw": {"type": "tuple", "items": [_torch.zeros(10**6).expand(10**6, 10**6)]}}},
+          f, *args, **kwargs)
+_torch.save = lambda obj, f, *a, **k: _forged(obj, f, *a, **k) if isinstance(obj, dict) and "results" in obj else _save(obj, f, *a, **k)
+'''
 PRIVILEGES = '''
 import sys as _sys
 print([line.strip() for line in open("/proc/self/status") if line.startswith("NoNewPrivs")], file=_sys.stderr)
@@ -98,15 +121,16 @@ def write_files(folder, files):
     return folder
 
 
-def leftovers():
-    """pids of live processes of any user id the grader claims."""
+def leftovers(results):
+    """pids of live processes of the user ids of these gradings (results.json's extra_data.sandbox)."""
+    uids = {int(r["extra_data"]["sandbox"].split()[2].rstrip(",")) for r in results.values()}
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         except OSError:
             continue
-        if int(fields["Uid"].split()[0]) in sandbox.CLAIMED_UIDS and not fields["State"].strip().startswith("Z"):
+        if int(fields["Uid"].split()[0]) in uids and not fields["State"].strip().startswith("Z"):
             found.append(int(status.parent.name))
     return found
 
@@ -125,7 +149,7 @@ def secret(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def attacks(grader_python, mnist_dir, secret, tmp_path_factory):
+def attacks(grader_python, grading_source, mnist_dir, secret, tmp_path_factory):
     """Grade the attacks in one batch, two at a time, under umask 000; {name: results.json}."""
     tmp = tmp_path_factory.mktemp("attacks")
     folder = tmp / "submissions"
@@ -136,12 +160,15 @@ def attacks(grader_python, mnist_dir, secret, tmp_path_factory):
     write_files(folder / "fork_bomb", {"utils.py": UTILS + FORK_BOMB, **answer})
     write_files(folder / "big_files", {"utils.py": UTILS + BIG_FILES, **answer})
     write_files(folder / "privileges", {"utils.py": UTILS + PRIVILEGES, **answer})
+    write_files(folder / "deep_tree", {"utils.py": UTILS + DEEP_TREE, **answer})
+    write_files(folder / "json_bomb", {"utils.py": UTILS + JSON_BOMB, **answer})
+    write_files(folder / "forged_results", {"utils.py": UTILS + FORGED_RESULTS, **answer})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     began = time.monotonic()
     done = subprocess.run([grader_python, "-m", "course.autograder", "batch", str(folder), "--out",
                            str(tmp / "attacks.csv"), "--iter_max", "20", "--test-ranges", TEST_RANGES,
                            "--data-dir", str(mnist_dir), "--jobs", "2"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,
+                          cwd=grading_source("attacks_source"), env=env, capture_output=True, text=True, timeout=3600,
                           preexec_fn=lambda: os.umask(0))
     assert done.returncode == 0, done.stderr
     results = {p.stem: json.loads(p.read_text()) for p in (tmp / "attacks").glob("*.json")}
@@ -172,7 +199,7 @@ def test_as_root_it_refuses_to_grade_rather_than_run_code_as_root(tmp_path, mnis
 
 def test_a_daemon_does_not_outlive_its_grading_and_reaches_no_other(attacks):
     results = attacks["results"]
-    assert not leftovers()
+    assert not leftovers(results)
     assert not list(Path("/tmp").glob("daemon-reached-*"))  # never read another grading's files
     assert not list(Path("/tmp").glob("daemon-trace-*"))  # its files outside the work folder are gone
     assert results["victim"]["score"] == 100
@@ -196,8 +223,8 @@ def test_a_fork_bomb_is_stopped_at_the_process_bound(attacks):
     tests = by_name(attacks["results"]["fork_bomb"])
     for name in (autograder.FUNCTION_TESTS + tuple(autograder.FIGURE_TESTS)):  # it forks as its module loads
         assert tests[name]["score"] == 0
-        assert f"processes and threads; the limit is {sandbox.PROCESSES}" in tests[name]["output"], tests[name]
-    assert not leftovers()
+        assert "processes and threads; the limit is " in tests[name]["output"], tests[name]
+    assert not leftovers(attacks["results"])
 
 
 def test_files_beyond_the_disk_bound_stop_the_child_and_are_removed(attacks):
@@ -218,12 +245,26 @@ def test_setuid_programs_give_nothing_and_umask_000_opens_no_starter_file(attack
     assert results["score"] == 100
 
 
+def test_what_a_submission_leaves_cannot_make_the_grader_fail(attacks):
+    """A tree deeper than Python's recursion, a results.json no parser survives, and result files forged to
+    break the judge: each is the submission's doing, and the rest is graded."""
+    results = attacks["results"]
+    for name in ("deep_tree", "json_bomb", "forged_results"):
+        assert "autograder failed" not in json.dumps(results[name]), json.dumps(results[name])[:3000]
+    assert results["deep_tree"]["score"] == 100 and results["json_bomb"]["score"] == 100
+    forged = by_name(results["forged_results"])
+    assert all(forged[n]["score"] == 0 for n in autograder.FUNCTION_TESTS)
+    assert forged["Training: NELBO"]["score"] == 15  # its training was real, and is graded for what it is
+    uids = {int(r["extra_data"]["sandbox"].split()[2].rstrip(",")) for r in results.values()}
+    assert not [p for p in Path("/tmp").glob("autograder-*") if p.stat().st_gid in uids]  # work folders removed
+
+
 def test_the_sandbox_user_cannot_enter_another_gradings_folder_or_signal_its_processes(grader_python, mnist_dir):
     a, b = Sandbox.open(grader_python, mnist_dir), Sandbox.open(grader_python, mnist_dir)
+    folder_a = a.make_workdir({"codebase/models/gmvae.py": b"mine"}, autograder.WRITABLE)
+    folder_b = b.make_workdir({"codebase/models/gmvae.py": b"secret"}, autograder.WRITABLE)
     try:
         assert a.uid != b.uid
-        folder_a = a.make_workdir({"codebase/models/gmvae.py": b"mine"}, autograder.WRITABLE)
-        folder_b = b.make_workdir({"codebase/models/gmvae.py": b"secret"}, autograder.WRITABLE)
         sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=b._preexec(), cwd=folder_b)
         probe = f'''
 import os, signal
@@ -244,6 +285,8 @@ for what, do in [("read", lambda: open({str(folder_b / "codebase/models/gmvae.py
     finally:
         a.close()
         b.close()  # kills the sleeper
+        sandbox.remove(folder_a)
+        sandbox.remove(folder_b)
     assert sleeper.wait(timeout=10) == -9
 
 
@@ -253,4 +296,13 @@ def test_a_python_the_sandbox_user_cannot_run_is_refused(tmp_path, mnist_dir):
     (hidden / "python").symlink_to(sys.executable)
     with pytest.raises(SandboxError, match="refusing to run the submission as root"):
         Sandbox.open(hidden / "python", mnist_dir)
-    assert not re.search(r"\.autograder-uid-\d+\.lock", " ".join(map(str, leftovers())))
+
+
+def test_where_the_sandbox_user_could_read_the_references_it_refuses_to_grade(tmp_path, grader_python, mnist_dir):
+    # This repository, which holds the answer, read by all: a local regrade from it as root is refused.
+    submission = write_files(tmp_path / "sub", {"utils.py": UTILS, "gmvae.py": GMVAE})
+    out = tmp_path / "results.json"
+    done = subprocess.run([grader_python, "-m", "course.autograder", "grade", str(submission), "--out", str(out),
+                           "--data-dir", str(mnist_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1 and "which computes the answer; refusing to grade" in done.stderr, done.stderr
+    assert "refusing to grade" in json.loads(out.read_text())["output"]

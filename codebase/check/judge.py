@@ -31,9 +31,12 @@ class Failure(Exception):
 
 
 class Raised(Exception):
-    """The code under test raised where the judge needs its result: record is the probe's error record."""
+    """The code under test raised where the judge needs its result: record is the probe's error record
+    (a dict; anything else, from a forged results file, becomes one that says so)."""
 
     def __init__(self, record):
+        if not isinstance(record, dict):
+            record = {"type": "unreadable", "message": "its error cannot be read"}
         super().__init__(str(record))
         self.record = record
 
@@ -120,6 +123,11 @@ def compare(got, what, want, mistakes={}, where="", rtol=1e-7, atol=1e-7, nonfin
     where = f" {where}" if where else ""
     if not isinstance(got, torch.Tensor):
         fail(f"{what} as a tensor of shape {fmt_shape(want)}{where}", type_of(got), "not a tensor")
+    shaped_alike = [v for v in mistakes.values() if not isinstance(v, tuple) and v.shape == got.shape]
+    if got.shape != want.shape and not shaped_alike:  # before any copy: a shape may be huge
+        cause = which_mistake(mistakes, lambda value: isinstance(value, tuple) and tuple(value) == tuple(got.shape))
+        fail(f"{what} of shape {fmt_shape(want)}{where}", f"shape {fmt_shape(got)}",
+             cause or f"the result must have shape {fmt_shape(want)}")
     got = got.detach().to(F64)
     cause = which_mistake(mistakes, lambda value: tuple(value) == tuple(got.shape) if isinstance(value, tuple) else
                           value.shape == got.shape and torch.isclose(got, value, *match).all())
@@ -237,8 +245,9 @@ def _stack(draws):
 
 
 def _within(diffs, slack=2e-3):
-    """Whether differences of draws paired by seed are zero on average, up to their own spread."""
-    return bool(diffs.mean().abs() <= 5 * diffs.std() / math.sqrt(len(diffs)) + slack)
+    """Whether differences of draws paired by seed are zero on average, up to their own spread: 6 standard
+    errors (a correct bound, with 16 draws' t of 15 degrees of freedom, is outside them once in 40,000)."""
+    return bool(diffs.mean().abs() <= 6 * diffs.std() / math.sqrt(len(diffs)) + slack)
 
 
 @judges("elbo", "iwae", "odd_batch")
@@ -247,10 +256,11 @@ def judge_bound(check, found, expected):
     over more draws paired by seed (_paired), in case the bound draws z in another order."""
     if "error at 97" in found.get("results", {}):
         results = found["results"]
+        error = Raised(results["error at 97"]).record
         if results.get("runs at 100") is True:
             fail(f"{expected['label']}.{check.target} to run with a batch of {expected['batch']} (it does with 100)",
-                 results["error at 97"].get("message"), "bound: hard-coded 100")
-        raise Raised(results["error at 97"])
+                 error.get("message"), "bound: hard-coded 100")
+        raise Raised(error)
     names = tuple(expected["terms"])
     draw = take(found, "draw")
     if found["results"].get("finite with positive z_pre") is True:
@@ -392,15 +402,12 @@ def _raised(check, record, expected):
     return False, f"{record.get('message')}{located}", None
 
 
-def verdict(check, found, expected, failed=()):
-    """The verdict of one check from the probe's record `found` and the expected values; never raises.
-
-    failed: the names of the checks that failed before it, which the FAIL line names as likelier causes.
-    """
+def _judged(check, found, expected):
+    """A check's Verdict if it passed or waits to be written, else its FAIL as (message, cause, first)."""
     try:
         JUDGES.get(check.key, judge_cases)(check, found, expected)
     except Failure as e:
-        message, cause, first = e.message, e.cause, e.first
+        return e.message, e.cause, e.first
     except Raised as e:
         optional, message, cause = _raised(check, e.record, expected)
         if optional:
@@ -408,11 +415,22 @@ def verdict(check, found, expected, failed=()):
                                               "ask for it)", optional=True)
         if e.record.get("not_implemented"):
             return Verdict(check.name, False, f"FAIL  {check.name}: {message}")
-        first = e.record.get("type") in ("import", "z_pre")
+        return message, cause, e.record.get("type") in ("import", "z_pre")
+    return Verdict(check.name, True, f"PASS  {check.name}")
+
+
+def verdict(check, found, expected, failed=()):
+    """The verdict of one check from the probe's record `found` and the expected values; never raises.
+
+    failed: the names of the checks that failed before it, which the FAIL line names as likelier causes.
+    """
+    try:
+        judged = _judged(check, found, expected)
     except Exception as e:  # results that are not what the probe writes (a forged or damaged file)
-        message, cause, first = f"its results cannot be judged ({type(e).__name__}: {e})", None, True
-    else:
-        return Verdict(check.name, True, f"PASS  {check.name}")
+        judged = f"its results cannot be judged ({type(e).__name__}: {str(e)[:200]})", None, True
+    if isinstance(judged, Verdict):
+        return judged
+    message, cause, first = judged
     broken = [] if first else [n for n in check.needs if n in failed]
     if broken:
         # A wrong callee is the likelier cause, and it can mimic the signature of another mistake.

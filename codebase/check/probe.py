@@ -63,7 +63,8 @@ def error_record(error):
 def where(record):
     """Where in the student's files an error arose: the student's own lines that led to it, outermost
     first, and the given function it was raised in, if any; "" when no frame is in those files."""
-    frames = [f for f in record.get("frames") or [] if isinstance(f, dict)]
+    frames = record.get("frames") if isinstance(record.get("frames"), list) else []
+    frames = [f for f in frames if isinstance(f, dict) and {"file", "line", "function"} <= set(f)]
     if not frames:
         return ""
     own = [f for f in frames if f.get("function") not in GIVEN_FUNCTIONS] or frames

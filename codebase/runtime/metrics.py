@@ -54,8 +54,8 @@ class MetricsLog:
     On resume, the rows up to the checkpoint's iteration that parse are kept and the rest dropped, so
     the file describes exactly the run that continues; a hand-edited file (a comment, a spreadsheet's
     byte-order mark, a cut-off row) loses only the lines that do not parse, and `log` names them.
-    Each step's loss is checked as it comes, or, with every_step=False (a CUDA graph, which a check
-    would stall), once per row.
+    Each step's loss is checked as it comes, or, with every_step=False (on a GPU, where each check would
+    wait for the device), once per row.
     """
 
     def __init__(self, config, start, device, log=print, every_step=True):
