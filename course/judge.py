@@ -66,7 +66,7 @@ def trained_state(path):
     if set(state) != set(wanted):
         missing, extra = sorted(set(wanted) - set(state)), sorted(map(str, set(state) - set(wanted)))
         return None, (f"its weights are not the starter GMVAE's (missing: {', '.join(missing) or 'none'}; "
-                      f"unexpected: {', '.join(map(str, extra[:5])) or 'none'})")
+                      f"unexpected: {', '.join(extra[:5]) or 'none'})")
     for name, want in wanted.items():
         got = state[name]
         if not isinstance(got, torch.Tensor) or got.layout != torch.strided or got.shape != want.shape \

@@ -383,7 +383,6 @@ def judge_iwae_falls(check, found, expected):
          "iwae falls: " + ("underflow" if not finite else "flat" if flat else "not falling"))
 
 
-
 def _raised(check, record, expected):
     """(optional, message, cause) of a check whose code raised, from the probe's error record."""
     kind = record.get("type")

@@ -72,8 +72,8 @@ CAUSES = {
     "mixture: shapes": "m and v may each be (batch, k, dim), (1, k, dim) or (k, dim): let broadcasting pair "
                        "them with z.unsqueeze(1) instead of assuming one shape",
     "mixture: first row": "m[0] or v[0] keeps the components of the first row only: this function is called with m "
-                          "and v of shape (batch, k, dim), (1, k, dim) or (k, dim) (the shapes above), so let "
-                          "broadcasting pair them with z.unsqueeze(1)",
+                          "and v of shape (batch, k, dim), (1, k, dim) or (k, dim), so let broadcasting pair "
+                          "them with z.unsqueeze(1)",
     "mixture: unsqueeze": "z is (batch, dim) and the components are (., k, dim): z.unsqueeze(1), of shape "
                           "(batch, 1, dim), lines each z up with all k components",
     "mixture: underflow": "every component's density underflows to 0 far away, so log(mean(exp(.))) gives -inf: "

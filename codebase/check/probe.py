@@ -440,7 +440,6 @@ def probe_iwae_falls(check, seed, results):
         results[f"iwae{k}"] = draws(check.kind, k, seed)
 
 
-
 def run(check, seed):
     """One check's raw results: {"results": {...}} and, if the code under test raised, {"error": ...}.
 

@@ -344,7 +344,6 @@ def ref_none(check, seed):
     return {}
 
 
-
 def expected(check, seed):
     """The expected values of one check on the inputs of `seed`."""
     return REFERENCES[check.key](check, seed)

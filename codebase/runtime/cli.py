@@ -122,8 +122,8 @@ def cpu_threads(requested=0):
     """The thread count for torch: `requested` if given, else $OMP_NUM_THREADS, else the usable CPUs.
 
     Several runs at once on few cores must each use fewer threads: two runs with 2 threads each on
-    2 cores were measured 3.6 to 3.9 times slower each, as their OpenMP threads spin against each
-    other; with one thread each they ran about as fast as one run alone.
+    2 cores were measured 3.6 to 11 times slower each (the README's "Speed"), as their OpenMP threads
+    spin against each other; with one thread each they ran about as fast as one run alone.
     """
     if requested:
         return requested
