@@ -48,6 +48,7 @@ from pathlib import Path
 from codebase.check import figures as reference
 from codebase.check.registry import CHECKS, checks_of, context_of
 from codebase.config import Config
+from codebase.runtime.cpus import usable_cpus
 from course.sandbox import (CAN_RUN_SECONDS, KEEP_BYTES, MEMORY_GB, Sandbox, StillWriting, clean, list_beneath,
                             read_beneath, remove, shown)
 
@@ -106,22 +107,6 @@ WRITABLE = ("logs", "checkpoints", "home", "probe")  # all the student's code ma
 def worst_case_seconds(options):
     """The longest a grading can take: every limit reached, and a minute of the grader's own work."""
     return CAN_RUN_SECONDS + PROBE_SECONDS + options.train_seconds + JUDGE_SECONDS + 60
-
-
-def usable_cpus():
-    """The CPUs this process may use: its affinity, within a container's CPU quota (cgroup v2 or v1),
-    which a container's affinity does not show."""
-    cpus = len(os.sched_getaffinity(0))
-    for path, read in (("/sys/fs/cgroup/cpu.max", lambda text: text.split()),
-                       ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda text: [text.strip(), Path(
-                           "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
-        try:
-            quota, period = read(Path(path).read_text())[:2]
-            if quota not in ("max", "-1"):
-                cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-        except (OSError, ValueError, IndexError):
-            continue
-    return cpus
 
 
 class SubmissionError(ValueError):

@@ -14,6 +14,7 @@ import torch
 import run_vae
 from codebase.config import Config
 from codebase.runtime import cli as run_module
+from codebase.runtime.cpus import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,3 +176,20 @@ def test_run_names_are_formatted_as_the_course_formats_them():
     assert Config(z=2, k=5, run=3).run_name == "model=gmvae_z=02_k=005_run=0003"
     assert Config(model="vae", z=2, run=12).run_name == "model=vae_z=02_run=0012"
     assert Config(z=100, k=1000).run_name == "model=gmvae_z=100_k=1000_run=0000"
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs of quota, rounded up
+    ({"cpu.max": "20000 100000\n"}, 1),  # a fraction of a CPU is still one thread
+    ({"cpu.max": "max 100000\n"}, None),  # no quota: the affinity
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage\n"}, None),  # unreadable: the affinity
+    ({}, None),
+])
+def test_the_usable_cpus_are_the_affinity_within_a_containers_quota(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (affinity if expected is None else min(affinity, expected))

@@ -6,5 +6,6 @@
     signals.py      Ctrl-C, SIGTERM and SIGHUP as a request to stop after a checkpoint
     cuda_graph.py   the training step as one CUDA graph (--cuda-graph)
     errors.py       the errors a user can fix: one line each, and an exit status
+    cpus.py         the CPUs a run may use (affinity and a container's quota): its default thread count
     cli.py          the run scripts' flags, and train -> evaluate -> report
 """

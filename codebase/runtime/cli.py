@@ -20,6 +20,7 @@ from codebase.data import load_mnist
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
 from codebase.models import make_model
 from codebase.runtime import checkpoint
+from codebase.runtime.cpus import usable_cpus
 from codebase.runtime.errors import UserError, first_line
 from codebase.runtime.files import (InUse, check_writable, locked, remove_stale_temporaries, write_json,
                                     write_png_grid)
@@ -122,15 +123,15 @@ def cpu_threads(requested=0):
     """The thread count for torch: `requested` if given, else $OMP_NUM_THREADS, else the usable CPUs.
 
     Several runs at once on few cores must each use fewer threads: two runs with 2 threads each on
-    2 cores were measured 3.6 to 11 times slower each (the README's "Speed"), as their OpenMP threads
-    spin against each other; with one thread each they ran about as fast as one run alone.
+    2 cores were measured 3.6 to 11 times slower each, as their OpenMP threads spin against each
+    other; with one thread each they ran about as fast as one run alone.
     """
     if requested:
         return requested
     try:
         return max(int(os.environ.get("OMP_NUM_THREADS", "")), 1)
     except ValueError:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cpus()
 
 
 def describe(device):
