@@ -5,7 +5,7 @@
 import sys
 
 from codebase.config import Config
-from codebase.runtime.cli import build_parser, exit_code, run
+from codebase.run import build_parser, exit_code, run
 
 
 def main(**flags):

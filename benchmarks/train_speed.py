@@ -1,10 +1,11 @@
 """Training and evaluation speed: the project's trainer against a textbook loop.
 
-    python benchmarks/train_speed.py [--steps 500] [--device auto] [--no-full]
+    python -m benchmarks.train_speed [--steps 500] [--device auto] [--no-full] [--no-write]
 
 Prints steps/s of both loops for the same number of GMVAE steps and their ratio,
 the time and peak memory of the full evaluation (with --iwae), and the training
-time of the full default run. A script, not a test: timings depend on the machine.
+time of the full default run, and writes what it printed, with the machine and the
+date, into benchmarks/README.md. A script, not a test: timings depend on the machine.
 """
 import argparse
 import json
@@ -13,23 +14,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codebase import utils as ut
+from codebase.config import Config
+from codebase.data import ensure_mnist, load_mnist
+from codebase.evaluate import evaluate
+from codebase.models import GMVAE, make_model
+from codebase.models.nns import ELU
+from codebase.runtime.device import describe, select_device
+from codebase.train import make_optimizer, train, training_generator
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+README = Path(__file__).with_name("README.md")
+BEGIN, END = "<!-- generated:benchmark-begin -->", "<!-- generated:benchmark-end -->"
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from codebase import utils as ut  # noqa: E402
-from codebase.config import Config  # noqa: E402
-from codebase.data import ensure_mnist, load_mnist  # noqa: E402
-from codebase.evaluate import evaluate  # noqa: E402
-from codebase.models import GMVAE, make_model  # noqa: E402
-from codebase.models.nns import ELU  # noqa: E402
-from codebase.runtime.cli import describe, select_device  # noqa: E402
-from codebase.train import make_optimizer, train, training_generator  # noqa: E402
 
 
 class TextbookGMVAE(GMVAE):
@@ -92,7 +96,7 @@ def project_steps_per_second(config, device, steps):
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (10, steps):  # the difference leaves out warm-up and the CUDA graph's capture
-            c = config.but(iter_max=n, iter_save=10**9, checkpoint_root=tmp, log_root=tmp)
+            c = replace(config, iter_max=n, iter_save=10**9, checkpoint_root=tmp, log_root=tmp)
             torch.manual_seed(0)
             model = make_model(c).to(device)
             optimizer = make_optimizer(model, c, device)
@@ -126,6 +130,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--no-full", action="store_true", help="skip the full default run")
+    p.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md as it is")
     p.add_argument("--section", choices=("eval",), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = select_device(args.device)
@@ -136,22 +141,29 @@ def main(argv=None):
         print(json.dumps(evaluation_figures(config, device)))
         return 0
 
-    print(f"device: {device} ({describe(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    printed = []
+
+    def report(line):
+        print(line, flush=True)
+        printed.append(line)
+
+    report(f"device: {device} ({describe(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     rates = {
         "textbook loop, textbook model": textbook_steps_per_second(config, device, args.steps, TextbookGMVAE),
         "textbook loop, this model": textbook_steps_per_second(config, device, args.steps, GMVAE),
         "this codebase": project_steps_per_second(config, device, args.steps),
     }
     for what, rate in rates.items():
-        print(f"{what:30s}: {rate:7.1f} steps/s ({20000 / rate:6.1f} s per 20,000 steps)")
+        report(f"{what:30s}: {rate:7.1f} steps/s ({20000 / rate:6.1f} s per 20,000 steps)")
     ours = rates["this codebase"]
-    print(f"speed-up: {ours / rates['textbook loop, textbook model']:.2f}x over the textbook loop and model, "
+    report(f"speed-up: {ours / rates['textbook loop, textbook model']:.2f}x over the textbook loop and model, "
           f"{ours / rates['textbook loop, this model']:.2f}x from the data pipeline alone")
 
-    child = subprocess.run([sys.executable, __file__, "--section", "eval", "--device", str(device.type),
-                            "--data-dir", args.data_dir], capture_output=True, text=True, check=True)
+    child = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--section", "eval",
+                            "--device", str(device.type), "--data-dir", args.data_dir],
+                           cwd=ROOT, capture_output=True, text=True, check=True)
     ev = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"{'evaluation':30s}: {ev['eval_seconds']:7.2f} s with --iwae (subset x100, full test split, "
+    report(f"{'evaluation':30s}: {ev['eval_seconds']:7.2f} s with --iwae (subset x100, full test split, "
           f"IWAE-1..1000); peak RSS {ev['peak_rss_mb']:.0f} MB" +
           (f", peak GPU {ev['peak_gpu_mb']:.0f} MB" if device.type == "cuda" else ""))
 
@@ -163,9 +175,22 @@ def main(argv=None):
             subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
             wall = time.perf_counter() - began
             results = json.loads(next(Path(tmp, "logs").glob("*/results.json")).read_text())
-        print(f"{'full run':30s}: {results['train_seconds']:7.1f} s training, {wall:.1f} s wall "
+        report(f"{'full run':30s}: {results['train_seconds']:7.1f} s training, {wall:.1f} s wall "
               f"(python run_gmvae.py); NELBO {results['nelbo']:.2f}")
+    if not args.no_write:
+        write_readme(printed, args.steps)
     return 0
+
+
+def write_readme(printed, steps):
+    """Put what this run printed, with the date and the command, between README.md's markers."""
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = (f"{BEGIN}\n`python -m benchmarks.train_speed --steps {steps}` printed on {when}:\n\n"
+             + "".join(f"    {line}\n" for line in printed) + END)
+    README.write_text(head + block + tail)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """The one configuration object. Its defaults are the graded setting."""
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MODELS = ("gmvae", "vae")
-CHECKPOINT_NAME = "model-{:05d}.pt"  # checkpoints/<run>/model-<iteration>.pt
 GRID_ROWS, GRID_COLS = 10, 20  # the sample grids: 200 draws from p(x), as Problem 3.3 asks
 SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
 TRAINING_CURVE = "training_curve.png"  # logs/<run>/: NELBO, KL and Rec against the iteration
@@ -50,9 +49,6 @@ class Config:
     def log_dir(self):
         return Path(self.log_root) / self.run_name
 
-    def checkpoint_path(self, iteration):
-        return self.checkpoint_dir / CHECKPOINT_NAME.format(iteration)
-
     @property
     def architecture(self):
         """What a checkpoint must agree with to be loaded into this run's model."""
@@ -63,7 +59,3 @@ class Config:
 
     def as_dict(self):
         return asdict(self)
-
-    def but(self, **changes):
-        """A copy with some fields changed."""
-        return replace(self, **changes)

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -18,31 +19,39 @@ from codebase.data import ensure_mnist  # noqa: E402
 
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true",
-                     help="also run the tests marked network (they reach the package index) and full "
-                          "(the Gradescope-style grading with 20,000 iterations, a few minutes)")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "network: reaches the package index (run with --full; the README's test "
-                                       "command and CI do)")
-    config.addinivalue_line("markers", "full: the full Gradescope-style grading of the model answer, 20,000 "
-                                       "iterations (run with --full)")
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (left out where there is none)")
-    config.addinivalue_line("markers", "root: switches users, as the grader does on Gradescope (left out where "
-                                       "the tests do not run as root)")
+                     help="also run the tests marked slow (training, grading, the sandbox, the write-up's "
+                          "regeneration) and network (the package index): the whole suite, as .ci/run does")
 
 
 def pytest_collection_modifyitems(config, items):
     # Deselected rather than skipped: a run leaves them out and says how many.
     import torch
 
-    marks = set() if config.getoption("--full") else {"network", "full"}
+    marks = set() if config.getoption("--full") else {"slow", "network"}
     marks |= set() if torch.cuda.is_available() else {"cuda"}
     marks |= set() if os.geteuid() == 0 else {"root"}
     left_out = [item for item in items if any(item.get_closest_marker(mark) for mark in marks)]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if item not in left_out]
+
+
+@contextlib.contextmanager
+def once_per_run(tmp_path_factory, name):
+    """A folder shared by every xdist worker of this pytest run, and whether it is still to be filled.
+
+    The first worker to ask fills it under a lock while the others wait; the rest find it done.
+    Yields (folder, todo); the caller fills the folder when todo is True.
+    """
+    from filelock import FileLock  # torch's own dependency
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        folder.mkdir(exist_ok=True)
+        yield folder, not done.exists()
+        done.touch()
 
 
 @pytest.fixture(scope="session")
@@ -92,12 +101,13 @@ def grader_python(mnist_dir):
 
 @pytest.fixture(scope="session")
 def autograder_zip(tmp_path_factory):
-    """The Gradescope autograder zip, built once."""
+    """The Gradescope autograder zip, built once per run."""
     from course import autograder
 
-    path = tmp_path_factory.mktemp("zip") / "autograder.zip"
-    assert autograder.main(["build", str(path)]) == 0
-    return path
+    with once_per_run(tmp_path_factory, "zip") as (folder, todo):
+        if todo:
+            assert autograder.main(["build", str(folder / "autograder.zip")]) == 0
+    return folder / "autograder.zip"
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,10 @@ import matplotlib.image
 import pytest
 import torch
 
+import codebase.run as run_module
+import codebase.runtime.device as device_module
 import run_vae
 from codebase.config import Config
-from codebase.runtime import cli as run_module
 from codebase.runtime.cpus import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +57,12 @@ def test_cuda_without_a_gpu_is_a_clear_message(monkeypatch, capsys):
 def test_auto_device_falls_back_to_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert run_module.select_device("auto") == torch.device("cpu")
-    with pytest.raises(run_module.DeviceError):
-        run_module.select_device("mps")
+    assert device_module.select_device("auto") == torch.device("cpu")
+    with pytest.raises(device_module.DeviceError):
+        device_module.select_device("mps")
 
 
+@pytest.mark.slow
 def test_a_short_real_run_learns_and_writes_its_files(tmp_path, mnist_dir, monkeypatch):
     out = run_script("run_gmvae.py", "--iter_max", "400", "--iter_save", "200", "--run", "7",
                      "--iwae", "--data-dir", str(mnist_dir), cwd=tmp_path)
@@ -105,6 +107,7 @@ def test_a_short_real_run_learns_and_writes_its_files(tmp_path, mnist_dir, monke
     assert line.group(0) in printed
 
 
+@pytest.mark.slow
 def test_vae_main_returns_its_results(tmp_path, mnist_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
@@ -118,6 +121,7 @@ def test_vae_main_returns_its_results(tmp_path, mnist_dir, monkeypatch):
     assert results["threads"] == 1
 
 
+@pytest.mark.slow
 def test_progress_into_a_log_file_is_a_few_lines(tmp_path, mnist_dir, capfd):
     # stderr is a pipe here, as in a cluster job's log: the bar may print at start and end
     # (and every 30 s), not at each of the 4 metrics rows of these 200 iterations.
@@ -156,12 +160,12 @@ def test_threads_follow_the_flag_then_omp_num_threads(monkeypatch, env, requeste
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert run_module.cpu_threads(requested) == expected
+    assert device_module.cpu_threads(requested) == expected
 
 
 def test_threads_default_to_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert run_module.cpu_threads(0) == len(os.sched_getaffinity(0))
+    assert device_module.cpu_threads(0) == len(os.sched_getaffinity(0))
 
 
 def test_config_defaults_are_the_graded_setting():

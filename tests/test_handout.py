@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 from codebase import utils as ut
 from codebase.check import runner as check
 from codebase.check.inputs import fixed_state
@@ -56,6 +55,7 @@ def test_every_problem_set_function_and_every_variant_tag_is_marked():
     assert DEFAULT_TAGS == {"log_normal_mixture", "gmvae_negative_elbo_bound", "iwae_bound"}
 
 
+@pytest.mark.slow
 def test_the_output_is_the_same_bytes_every_time(tmp_path):
     for name in ("a", "b"):
         assert handout.main([str(tmp_path / name)]) == 0
@@ -197,6 +197,7 @@ def test_no_code_in_the_starter_computes_a_stripped_function(starter, tmp_path):
     assert reproducing_calls(starter, tmp_path) == set()
 
 
+@pytest.mark.slow
 def test_a_starter_that_kept_the_importance_weighted_bound_would_compute_the_graded_one(tmp_path):
     # IWAE-1 is the ELBO: with the IWAE code given, negative_iwae_bound(x, 1) is the answer. The default
     # starter strips it; one made with --keep iwae_bound is caught by the check above.
@@ -226,6 +227,7 @@ def test_the_self_check_on_the_starter_passes_what_is_given_and_names_each_stub(
     assert re.search(r"^\d+ passed, \d+ failed, 6 optional not implemented$", out.stdout, re.M), out.stdout
 
 
+@pytest.mark.slow
 def test_the_restored_starter_passes_every_check_and_trains(starter, tmp_path):
     folder = tmp_path / "restored"
     for name, path in handout.answer_files().items():
@@ -277,6 +279,7 @@ def test_a_malformed_marker_writes_nothing(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.zip").exists()
 
 
+@pytest.mark.slow
 def test_variants_and_extra_tags_strip_more(tmp_path):
     files = handout.starter_files(handout.chosen_tags("full", None))
     for name, region_list in answer_regions().items():
@@ -393,6 +396,7 @@ def test_the_run_script_names_the_students_own_line_and_the_cause(starter, tmp_p
     assert CAUSES["mixture: unsqueeze"] in out.stderr
 
 
+@pytest.mark.slow
 def test_the_right_answer_written_into_the_starter_passes(monkeypatch):
     monkeypatch.setattr(ut, "log_normal_mixture", student_function(
         "log_normal_mixture", ["return log_mean_exp(log_normal(z.unsqueeze(1), m, v), dim=1)"]))

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,13 @@ import torch
 from codebase import data
 from codebase.config import Config
 from codebase.models import make_model
+from codebase.run import exit_code, run
 from codebase.runtime import checkpoint, files
-from codebase.runtime.cli import exit_code, run
 from codebase.runtime.metrics import NonFiniteLoss, read_metrics
 from codebase.train import make_optimizer, train, training_generator
+
+# Training runs, resumes, signals and damaged files: the slow tier (pytest --full).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -391,14 +395,14 @@ def copy_of(config, tmp_path):
     """The same run, its checkpoints copied under tmp_path."""
     import shutil
 
-    copy = config.but(checkpoint_root=str(tmp_path / "checkpoints"), log_root=str(tmp_path / "logs"))
+    copy = replace(config, checkpoint_root=str(tmp_path / "checkpoints"), log_root=str(tmp_path / "logs"))
     shutil.copytree(config.checkpoint_dir, copy.checkpoint_dir)
     return copy
 
 
 @pytest.mark.parametrize("change", [{"seed": 7}, {"lr": 3e-4}, {"batch": 50}])
 def test_resume_refuses_a_setting_that_changes_training(change, small_run, tmp_path, capsys):
-    config = copy_of(small_run, tmp_path).but(iter_max=60, resume=True, **change)
+    config = replace(copy_of(small_run, tmp_path), iter_max=60, resume=True, **change)
     status = exit_code(lambda: run(config, log=quiet))
     err = capsys.readouterr().err
     assert status == 1 and len(err.strip().splitlines()) == 1
@@ -416,7 +420,7 @@ def test_settings_fixed_on_resume_are_model_z_k_seed_lr_batch():
 
 
 def test_resume_keeps_the_metrics_rows_that_parse_and_may_change_iter_max_iter_save_and_device(small_run, tmp_path):
-    config = copy_of(small_run, tmp_path).but(iter_max=60, iter_save=10, device="cpu", resume=True)
+    config = replace(copy_of(small_run, tmp_path), iter_max=60, iter_save=10, device="cpu", resume=True)
     metrics = config.log_dir / "metrics.csv"
     metrics.parent.mkdir(parents=True)
     # As a spreadsheet saves it: a byte-order mark, a renamed header, a note, a bare number, a cut-off row.
@@ -442,7 +446,7 @@ def test_overwrite_deletes_only_the_runs_checkpoints(small_run, tmp_path):
 
 
 def test_resume_and_overwrite_together_are_refused(capsys):
-    from codebase.runtime.cli import FlagError, build_parser
+    from codebase.run import FlagError, build_parser
 
     with pytest.raises(SystemExit) as stop:
         build_parser("gmvae").parse_args(["--resume", "--overwrite"])
@@ -453,7 +457,7 @@ def test_resume_and_overwrite_together_are_refused(capsys):
 
 @pytest.mark.parametrize("seed", ["100000000000000", "-1", "2147483648", "1e3"])
 def test_an_out_of_range_seed_is_a_usage_error_with_the_range(seed, capsys):
-    from codebase.runtime.cli import build_parser
+    from codebase.run import build_parser
 
     with pytest.raises(SystemExit) as stop:
         build_parser("vae").parse_args(["--seed", seed])
@@ -480,7 +484,7 @@ def test_an_empty_or_random_file_is_not_a_checkpoint(tmp_path, capsys):
     path = checkpoint.path_for(config.checkpoint_dir, 20)
     for content, says in [(b"", "is empty (0 bytes)"), (os.urandom(4096), "is not a checkpoint")]:
         path.write_bytes(content)
-        status = exit_code(lambda: run(config.but(train=False), log=quiet))
+        status = exit_code(lambda: run(replace(config, train=False), log=quiet))
         err = capsys.readouterr().err
         assert status == 1 and says in err and str(path) in err and "pickled" not in err
         assert len(err.strip().splitlines()) == 1 and path.exists()
@@ -500,14 +504,14 @@ def test_a_folder_or_a_symlink_loop_named_like_a_checkpoint_is_called_what_it_is
 def test_train_0_without_a_checkpoint_at_iter_max_lists_those_that_exist(small_run, tmp_path):
     config = copy_of(small_run, tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="checkpoints at iterations 20, 40: pass one"):
-        run(config.but(train=False, iter_max=30), log=quiet)
+        run(replace(config, train=False, iter_max=30), log=quiet)
 
 
 def test_a_renamed_checkpoint_is_refused_not_trusted(small_run, tmp_path):
     config = copy_of(small_run, tmp_path)
     checkpoint.path_for(config.checkpoint_dir, 20).rename(checkpoint.path_for(config.checkpoint_dir, 99999))
     with pytest.raises(checkpoint.CheckpointError, match="holds iteration 20, not 99999.*model-00020.pt"):
-        run(config.but(iter_max=60, resume=True), log=quiet)
+        run(replace(config, iter_max=60, resume=True), log=quiet)
 
 
 def test_a_data_dir_that_is_a_file_is_one_clear_error(tmp_path):
@@ -585,7 +589,7 @@ def test_a_cpu_checkpoint_is_mapped_for_a_gpu_optimizer_and_generator(small_run)
     state = checkpoint.load(checkpoint.path_for(small_run.checkpoint_dir, 40), small_run.architecture, "cpu")
     model = make_model(small_run)
     model.load_state_dict(state["model"])
-    optimizer = make_optimizer(model, small_run.but(cuda_graph=True), torch.device("cuda"))  # a graphed GPU run's
+    optimizer = make_optimizer(model, replace(small_run, cuda_graph=True), torch.device("cuda"))  # a graphed GPU run's
     checkpoint.load_optimizer(optimizer, state["optimizer"])
     group = optimizer.state_dict()["param_groups"][0]
     assert (group["capturable"], group["foreach"], group["fused"]) == (True, True, None)
@@ -607,9 +611,9 @@ def test_a_gpu_run_resumes_on_the_cpu_and_back(tmp_path, mnist_dir):
                   checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
     run(base, log=quiet)
     messages = []
-    run(base.but(iter_max=40, device="cpu", resume=True), log=messages.append)
+    run(replace(base, iter_max=40, device="cpu", resume=True), log=messages.append)
     assert any("was made on cuda, this run is on cpu" in m for m in messages)
-    run(base.but(iter_max=60, resume=True), log=messages.append)
+    run(replace(base, iter_max=60, resume=True), log=messages.append)
     assert any("was made on cpu, this run is on cuda" in m for m in messages)
     final = torch.load(checkpoint.path_for(base.checkpoint_dir, 60), weights_only=True)
     assert final["device_type"] == "cuda" and all(torch.isfinite(t).all() for t in final["model"].values())
@@ -633,7 +637,7 @@ def test_a_closed_stdout_is_not_an_error_of_the_run(small_run, tmp_path, monkeyp
         def write(self, text):
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
-    config = copy_of(small_run, tmp_path).but(train=False)
+    config = replace(copy_of(small_run, tmp_path), train=False)
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert exit_code(lambda: run(config)) == 0
     assert (config.log_dir / "results.json").is_file() and (config.log_dir / "samples_binary.png").is_file()
@@ -675,7 +679,7 @@ def refuse_writes_in(folder, monkeypatch):
 
 
 def test_a_read_only_checkpoint_folder_is_refused_before_training(tmp_path, mnist_dir, monkeypatch, capsys):
-    from codebase.runtime import cli as run_module
+    import codebase.run as run_module
 
     config = Config(iter_max=20, threads=1, data_dir=str(mnist_dir), checkpoint_root=str(tmp_path / "c"),
                     log_root=str(tmp_path / "l"))
@@ -687,7 +691,7 @@ def test_a_read_only_checkpoint_folder_is_refused_before_training(tmp_path, mnis
 
 
 def test_train_0_prints_the_figures_before_a_read_only_log_folder_fails(small_run, tmp_path, monkeypatch):
-    config = copy_of(small_run, tmp_path).but(train=False)
+    config = replace(copy_of(small_run, tmp_path), train=False)
     refuse_writes_in(config.log_dir, monkeypatch)
     messages = []
     with pytest.raises(files.SaveError, match=f"could not write {config.log_dir}"):
@@ -734,7 +738,7 @@ def test_a_closed_stdout_during_the_run_is_still_an_error_if_the_run_did_not_fin
 
 
 def test_a_seed_out_of_range_is_refused_by_run_itself():
-    from codebase.runtime.cli import FlagError
+    from codebase.run import FlagError
 
     with pytest.raises(FlagError, match="from 0 to 2147483647"):
         run(Config(seed=10**14))

@@ -1,11 +1,10 @@
-from pathlib import Path
-"""python -m codebase.check --results (codebase/results_check.py): a run's figures against the
+"""python -m codebase.check --results (codebase/check/results.py): a run's figures against the
 accepted ranges of codebase/check/figures.py."""
 import json
 import os
 import subprocess
 import sys
-
+from pathlib import Path
 
 from codebase.check import runner as check
 from codebase.check.figures import accepted_range

@@ -6,9 +6,9 @@ The local self-check uses SEED; the grader draws a new seed for each grading.
 """
 import math
 import zlib
+
 import numpy as np
 import torch
-
 
 F64 = torch.float64
 Z_DIM, K = 10, 500  # the graded model

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from codebase.check.inputs import F64, K, Z_DIM
+from codebase.check.inputs import F64, Z_DIM, K
 from codebase.check.mistakes import CAUSES, cause_of_error
 from codebase.check.probe import ELBO_REPEATS, IWAE_REPEATS, PAIRED_DRAWS, where
 from codebase.check.registry import registrar
@@ -109,7 +109,7 @@ def _off(got, want):
     return f"not one of the usual mistakes: {how}"
 
 
-def compare(got, what, want, mistakes={}, where="", rtol=1e-7, atol=1e-7, nonfinite=None, otherwise=None,
+def compare(got, what, want, mistakes=None, where="", rtol=1e-7, atol=1e-7, nonfinite=None, otherwise=None,
             match=(1e-3, 1e-3), on_error=None, sizes=None):
     """Raise a Failure unless `got` equals the float64 reference `want`.
 
@@ -120,6 +120,7 @@ def compare(got, what, want, mistakes={}, where="", rtol=1e-7, atol=1e-7, nonfin
     on_error, sizes: unused here (judge_cases takes them: the cause when the function raised on this case,
         and the case's (batch, k, dim) for cause_of_error)
     """
+    mistakes = mistakes or {}
     where = f" {where}" if where else ""
     if not isinstance(got, torch.Tensor):
         fail(f"{what} as a tensor of shape {fmt_shape(want)}{where}", type_of(got), "not a tensor")
@@ -277,7 +278,7 @@ def judge_bound(check, found, expected):
     off = [n for n in got if not torch.isclose(got[n], want[n], rtol=1e-5, atol=1e-3)]
     for n in off:
         # float32 against float64 differs by about 1e-4 here; the usual mistakes by 0.1 or more.
-        key = which_mistake(mistakes[n], lambda value: abs(got[n] - value) <= 3e-3)
+        key = which_mistake(mistakes[n], lambda value, n=n: abs(got[n] - value) <= 3e-3)
         if key:
             fail(f"{n} = {fmt_num(want[n])}", fmt_num(got[n]), CAUSES[key].format(what=n))
     if off:
@@ -299,7 +300,7 @@ def _paired(found, expected, names):
         if _within(values - want[n]):
             continue
         said = f"{n} about {fmt_num(want[n].mean())} (the mean of {PAIRED_DRAWS} draws of z, paired by seed)"
-        key = which_mistake(mistakes[n], lambda value: _within(values - value))
+        key = which_mistake(mistakes[n], lambda value, values=values: _within(values - value))
         if key:
             fail(said, fmt_num(values.mean()), CAUSES[key].format(what=n))
         off[n] = said

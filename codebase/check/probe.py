@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from codebase.check import inputs as data
-from codebase.check.inputs import BATCH, F64, K, Z_DIM
+from codebase.check.inputs import BATCH, F64, Z_DIM, K
 from codebase.check.registry import CHECKS, GIVEN_FUNCTIONS, ODD_BATCH, by_name, registrar
 
 IW = 10  # importance samples in the same-draw comparisons of the IWAE bound
@@ -168,7 +168,8 @@ MIXTURE_CASES = [(ODD_BATCH, K, Z_DIM, (1,), (1,))] + [(13, 5, 3, a, b) for a, b
     ((13,), (13,)), ((), ()), ((13,), (1,)), ((1,), (13,)), ((), (1,)), ((13,), ())]]
 REDUCTION_CASES = [((ODD_BATCH, 5), 1), ((5, ODD_BATCH), 0), ((3, 4, 5), 1)]
 REDUCTION_EXTREMES = [[1e4, 1e4 - 1, -1e4], [-1e4, -1e4, -1e4 - 5], [-200.0, -199.0, -201.0]]
-BERNOULLI_EXTREMES = ([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]], [[1e4, 1e4, -1e4, -1e4, 100.0, 100.0, -100.0, -100.0]])
+BERNOULLI_EXTREMES = ([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]],
+                      [[1e4, 1e4, -1e4, -1e4, 100.0, 100.0, -100.0, -100.0]])
 SAMPLE_DRAWS = 200_000
 SAMPLE_M, SAMPLE_V = [1.0, -2.0, 0.5], [0.25, 4.0, 9.0]
 

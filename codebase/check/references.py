@@ -16,12 +16,25 @@ from torch.distributions import Bernoulli, Categorical, Independent, MixtureSame
 
 from codebase.check import inputs as data
 from codebase.check.figures import MODEL_LABELS
-from codebase.check.inputs import F64, K, Z_DIM
-from codebase.check.probe import (BERNOULLI_EXTREMES, IW, MIXTURE_CASES, PAIRED_DRAWS, PAIRED_SHAPES,
-                                  REDUCTION_CASES, REDUCTION_EXTREMES, SAMPLE_DRAWS, SAMPLE_M, SAMPLE_V,
-                                  bound_images, draw_seed, gen, inputs_of, project)
+from codebase.check.inputs import F64, Z_DIM, K
+from codebase.check.probe import (
+    BERNOULLI_EXTREMES,
+    IW,
+    MIXTURE_CASES,
+    PAIRED_DRAWS,
+    PAIRED_SHAPES,
+    REDUCTION_CASES,
+    REDUCTION_EXTREMES,
+    SAMPLE_DRAWS,
+    SAMPLE_M,
+    SAMPLE_V,
+    bound_images,
+    draw_seed,
+    gen,
+    inputs_of,
+    project,
+)
 from codebase.check.registry import ODD_BATCH, registrar
-
 
 REFERENCES = {}  # {check's key: its reference}
 references = registrar(REFERENCES)
@@ -176,7 +189,8 @@ def ref_kl_normal(check, seed):
             **_sums("kl_normal", each)}, where=f"for q of shape {q_shape}, p of shape {p_shape}")
     qm, qv = torch.full((3, 10), 100.0, dtype=F64), torch.full((3, 10), 1e-8, dtype=F64)
     cases["far"] = case("kl_normal(qm, qv, 0, 1)", kl_divergence(Normal(qm, qv.sqrt()), Normal(0.0, 1.0)).sum(-1),
-                        rtol=1e-5, atol=1e-3, where="for qm = 100, qv = 1e-8 (float32)", nonfinite="kl_normal: overflow")
+                        rtol=1e-5, atol=1e-3, where="for qm = 100, qv = 1e-8 (float32)",
+                        nonfinite="kl_normal: overflow")
     return cases
 
 

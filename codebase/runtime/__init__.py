@@ -7,5 +7,7 @@
     cuda_graph.py   the training step as one CUDA graph (--cuda-graph)
     errors.py       the errors a user can fix: one line each, and an exit status
     cpus.py         the CPUs a run may use (affinity and a container's quota): its default thread count
-    cli.py          the run scripts' flags, and train -> evaluate -> report
+    device.py       the run's device and CPU threads, chosen once
+
+Nothing here imports from the rest of the project: codebase/run.py, above, wires these together.
 """

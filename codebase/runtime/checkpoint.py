@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from codebase.config import CHECKPOINT_NAME
 from codebase.runtime.errors import UserError, first_line
 from codebase.runtime.files import write_atomic
 
 FORMAT = 1
+CHECKPOINT_NAME = "model-{:05d}.pt"  # checkpoints/<run>/model-<iteration>.pt
 NAME = re.compile(r"model-(\d{5,})\.pt")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 # Settings a resumed run must share with its checkpoint: each changes what training computes.

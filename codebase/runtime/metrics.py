@@ -138,15 +138,16 @@ def progress_bar(config, start, stream=None):
                 disable=stream is None, mininterval=interval, miniters=1)
 
 
-def write_training_curve(path, rows, model, final):
-    """The run's curves as a PNG: NELBO, KL and Rec (nats per image) against the iteration, each with the
-    accepted range of the graded setting shaded and the run's final figures on the test subset marked.
+def write_training_curve(path, rows, final, ranges):
+    """The run's curves as a PNG: NELBO, KL and Rec (nats per image) against the iteration, each with its
+    accepted range shaded and the run's final figures on the test subset marked.
 
     Args:
         path: Path: the PNG
         rows: list of dict: metrics.csv's rows (read_metrics)
-        model: str: "gmvae" or "vae", whose accepted ranges are shaded
         final: dict: the run's results, with nelbo, kl and rec on the subset
+        ranges: dict: {label: (term, (low, high))}: each panel's title, its key in rows and final, and
+            the accepted range of the graded setting
     """
     import io
 
@@ -155,15 +156,12 @@ def write_training_curve(path, rows, model, final):
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    from codebase.check.figures import TERM_LABELS, accepted_range
-
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
     last = rows[-1]["iteration"] if rows else 1
-    for ax, (term, label) in zip(axes, TERM_LABELS.items()):
+    for ax, (label, (term, (low, high))) in zip(axes, ranges.items()):
         ax.plot([r["iteration"] for r in rows], [r[term] for r in rows], linewidth=1, label="training batches")
-        ax.axhspan(*accepted_range(model, term), color="tab:green", alpha=0.2, label="accepted (20,000 iterations)")
+        ax.axhspan(low, high, color="tab:green", alpha=0.2, label="accepted (20,000 iterations)")
         ax.plot([last], [final[term]], "o", color="tab:red", label="final, test subset")
-        low, high = accepted_range(model, term)
         ax.set(title=label, xlabel="training iteration", ylabel=f"{label} (nats per image)",
                ylim=(min(low, final[term]) - 2 * (high - low), max(high, final[term]) + 4 * (high - low)))
         ax.grid(alpha=0.3)

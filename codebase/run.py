@@ -7,71 +7,27 @@ into one line and an exit status (exit_code).
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import time
 
 import torch
 
-from codebase.check.mistakes import CAUSES, cause_of_error
-from codebase.check.probe import error_record, where
+from codebase.check.figures import TERM_LABELS, accepted_range
+from codebase.check.preflight import preflight
 from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, TRAINING_CURVE, Config
 from codebase.data import load_mnist
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
 from codebase.models import make_model
 from codebase.runtime import checkpoint
-from codebase.runtime.cpus import usable_cpus
+from codebase.runtime.device import DEVICES, cpu_threads, describe, select_device
 from codebase.runtime.errors import UserError, first_line
-from codebase.runtime.files import (InUse, check_writable, locked, remove_stale_temporaries, write_json,
-                                    write_png_grid)
+from codebase.runtime.files import InUse, check_writable, locked, remove_stale_temporaries, write_json, write_png_grid
 from codebase.runtime.metrics import read_metrics, write_training_curve
 from codebase.train import MAX_SEED, make_optimizer, train, training_generator
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-class DeviceError(UserError):
-    """The requested device is not available; the message says what to use instead."""
-
-
-class UnfinishedCode(UserError):
-    """A function the run needs is not written yet, or fails at once; the message names it."""
 
 
 class FlagError(UserError):
     """Flags that contradict each other or the run's checkpoint; the message says which."""
-
-
-def preflight(model, device, iwae):
-    """Try the model's functions on two random images, before any data, training or file.
-
-    A starter's function that is still a stub, or that fails outright, is then reported in
-    one line in under a second, not as a traceback after minutes of setup. The prior is
-    tried first because the bounds build on it (for the GMVAE, log_normal_mixture).
-    """
-    generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.bernoulli(torch.full((2, 784), 0.3, device=device), generator=generator)
-    probes = [("the prior's log-density", lambda: model.log_prior(torch.zeros(2, model.z_dim, device=device))),
-              ("negative_elbo_bound", lambda: model.negative_elbo_bound(x, generator=generator))]
-    if iwae:
-        probes.append(("negative_iwae_bound", lambda: model.negative_iwae_bound(x, 2, generator=generator)))
-    for what, probe in probes:
-        try:
-            with torch.no_grad():
-                probe()
-        except NotImplementedError as e:
-            if what == "negative_iwae_bound":
-                raise UnfinishedCode("--iwae needs the importance-weighted bound of codebase/models/base.py "
-                                     f"(not implemented yet: {e or what}): write it, or run without --iwae.") from None
-            raise UnfinishedCode(f"not implemented yet: {e or what}. Write it, check it with "
-                                 "python -m codebase.check, then run again.") from None
-        except Exception as e:  # any failure of the student's code, before the run starts
-            record = error_record(e)
-            located = f", {where(record)}" if where(record) else ""
-            cause = cause_of_error(record["message"], len(x), getattr(model, "k", 0), model.z_dim)
-            likely = f" Likely cause: {CAUSES[cause]}." if cause else ""
-            raise UnfinishedCode(f"{what} fails on two random images ({first_line(e)}{located}).{likely} "
-                                 "Run python -m codebase.check to find the mistake.") from None
 
 
 LOCK_NAME = ".lock"  # in logs/<run>/: held by the one process that trains or writes the run
@@ -102,47 +58,6 @@ def _warn(message):
             print(message, file=sys.stderr, flush=True)
         except OSError:
             pass
-
-
-def select_device(name):
-    """The torch.device for --device: auto picks cuda, then mps, then the cpu."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda, but torch sees no CUDA GPU here "
-                          "(torch.cuda.is_available() is False). Use --device cpu or --device auto.")
-    if name == "mps" and not has_mps:
-        raise DeviceError("--device mps, but this machine or torch build has no MPS. "
-                          "Use --device cpu or --device auto.")
-    return torch.device(name)
-
-
-def cpu_threads(requested=0):
-    """The thread count for torch: `requested` if given, else $OMP_NUM_THREADS, else the usable CPUs.
-
-    Several runs at once on few cores must each use fewer threads: two runs with 2 threads each on
-    2 cores were measured 3.6 to 11 times slower each, as their OpenMP threads spin against each
-    other; with one thread each they ran about as fast as one run alone.
-    """
-    if requested:
-        return requested
-    try:
-        return max(int(os.environ.get("OMP_NUM_THREADS", "")), 1)
-    except ValueError:
-        return usable_cpus()
-
-
-def describe(device):
-    """The device's model name, for results.json (which machine produced the figures)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def _positive_int(text):
@@ -318,7 +233,8 @@ def _run(config, device, log):
     write_png_grid(binary, sample_binary(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
     write_png_grid(means, sample_means(model, GRID_ROWS * GRID_COLS, device), GRID_ROWS, GRID_COLS)
     metrics, curve = config.log_dir / "metrics.csv", config.log_dir / TRAINING_CURVE
-    write_training_curve(curve, read_metrics(metrics)[0] if metrics.is_file() else [], config.model, results)
+    ranges = {label: (term, accepted_range(config.model, term)) for term, label in TERM_LABELS.items()}
+    write_training_curve(curve, read_metrics(metrics)[0] if metrics.is_file() else [], results, ranges)
     write_json(config.log_dir / "results.json", results)
 
     newest = max(checkpoint.existing(config.checkpoint_dir).items(), default=(None, "none"))[1]
