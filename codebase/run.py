@@ -1,12 +1,10 @@
 """What run_gmvae.py and run_vae.py do: the flags, and train -> evaluate -> report.
 
 Around codebase/train.py's loop it chooses the device, tries the model's functions before any data
-is loaded, holds the run's lock, resumes from a checkpoint, and turns every error a user can fix
-into one line and an exit status (exit_code).
+is loaded, resumes from a checkpoint, and turns every error a user can fix into one line and an
+exit status (exit_code).
 """
 import argparse
-import contextlib
-import os
 import sys
 import time
 
@@ -21,7 +19,7 @@ from codebase.models import make_model
 from codebase.runtime import checkpoint
 from codebase.runtime.device import DEVICES, cpu_threads, describe, select_device
 from codebase.runtime.errors import UserError, first_line
-from codebase.runtime.files import InUse, check_writable, locked, remove_stale_temporaries, write_json, write_png_grid
+from codebase.runtime.files import check_writable, write_json, write_png_grid
 from codebase.runtime.metrics import read_metrics, write_training_curve
 from codebase.train import MAX_SEED, make_optimizer, train, training_generator
 
@@ -30,58 +28,18 @@ class FlagError(UserError):
     """Flags that contradict each other or the run's checkpoint; the message says which."""
 
 
-LOCK_NAME = ".lock"  # in logs/<run>/: held by the one process that trains or writes the run
-
-
-def say(message):
-    """print(), except that a closed stdout (`| head -1`) silences it instead of failing the run."""
-    try:
-        print(message, flush=True)
-    except BrokenPipeError:
-        _discard_stdout()
-
-
-def _discard_stdout():
-    """Send what is still to be printed nowhere, so that neither the run nor Python's exit fails on it."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the buffered text then flushes into /dev/null
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # not a real file (a test's stand-in)
-        sys.stdout = open(os.devnull, "w")
-
-
-def _warn(message):
-    """A line on stderr, if there is one (2>&- closes it: the exit status still tells)."""
-    if sys.stderr is not None:
+def int_in(low, high=None):
+    """An argparse type: an integer from `low` to `high` (no upper bound if None)."""
+    def parse(text):
         try:
-            print(message, file=sys.stderr, flush=True)
-        except OSError:
-            pass
-
-
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (2**31 - 1), not {text}")
-    return value
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"of {low} or more"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, not {text}")
+        return value
+    return parse
 
 
 def build_parser(model):
@@ -90,28 +48,28 @@ def build_parser(model):
     p = argparse.ArgumentParser(
         description=f"Train the {model.upper()} on binarised MNIST and evaluate it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--z", type=_positive_int, default=d.z, help="latent dimension")
+    p.add_argument("--z", type=int_in(1), default=d.z, help="latent dimension")
     if model == "gmvae":
-        p.add_argument("--k", type=_positive_int, default=d.k, help="mixture components of the prior")
-    p.add_argument("--iter_max", type=_positive_int, default=d.iter_max, help="training iterations")
-    p.add_argument("--iter_save", type=_positive_int, default=d.iter_save,
+        p.add_argument("--k", type=int_in(1), default=d.k, help="mixture components of the prior")
+    p.add_argument("--iter_max", type=int_in(1), default=d.iter_max, help="training iterations")
+    p.add_argument("--iter_save", type=int_in(1), default=d.iter_save,
                    help="save a checkpoint every this many iterations (and at the end)")
-    p.add_argument("--run", type=_non_negative_int, default=d.run, help="run number, part of the run's name")
+    p.add_argument("--run", type=int_in(0), default=d.run, help="run number, part of the run's name")
     p.add_argument("--train", type=int, choices=(0, 1), default=int(d.train),
                    help="1: train; 0: load the checkpoint at --iter_max and evaluate it")
-    p.add_argument("--seed", type=_seed, default=d.seed, help=f"training seed, 0 to {MAX_SEED}")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=d.seed, help=f"training seed, 0 to {MAX_SEED}")
     p.add_argument("--iwae", action="store_true", help="also report the IWAE-1/10/100/1000 bounds")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda, then mps, then cpu")
-    p.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
+    p.add_argument("--threads", type=int_in(1), default=argparse.SUPPRESS,
                    help="CPU threads (default: $OMP_NUM_THREADS if set, else every CPU this process may use); "
                         "give each of several runs at once an equal share of the cores")
     p.add_argument("--cuda-graph", dest="cuda_graph", action="store_true",
-                   help="on a CUDA GPU, replay the training step as one CUDA graph (not yet run on a real GPU)")
+                   help="on a CUDA GPU, replay the training step as one CUDA graph")
     p.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="where MNIST is cached")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint")
     start.add_argument("--overwrite", action="store_true",
-                       help="start this run afresh, deleting its existing checkpoints (model-*.pt) only")
+                       help="start this run afresh, deleting its checkpoints (model-*.pt)")
     return p
 
 
@@ -139,11 +97,8 @@ def _resume_point(config, model, optimizer, generator, device, log):
     return state["iteration"], state["train_seconds"]
 
 
-def run(config, log=say):
+def run(config, log=print):
     """Train (or load) a model as `config` says, evaluate it, and write its files.
-
-    One process at a time may train or write a run: it holds logs/<run>/.lock
-    from the start to its last file.
 
     Returns:
         results: dict: every figure, as also written to logs/<run>/results.json
@@ -158,39 +113,14 @@ def run(config, log=say):
     if config.train:  # before any work: a read-only folder would otherwise fail at the first save
         check_writable(config.log_dir)
         check_writable(config.checkpoint_dir)
-    with _run_lock(config):
-        return _run(config, device, log)
-
-
-@contextlib.contextmanager
-def _run_lock(config):
-    """Hold the run's lock (logs/<run>/.lock); a refusal names the process that holds it.
-
-    With --train 0 and a log folder that cannot be written, the evaluation goes on
-    unlocked: there is nothing to protect, and its figures are printed before its
-    files fail to be written.
-    """
-    with contextlib.ExitStack() as held:
-        try:
-            config.log_dir.mkdir(parents=True, exist_ok=True)
-            held.enter_context(locked(config.log_dir / LOCK_NAME))
-        except InUse as e:
-            raise FlagError(f"run {config.run_name} is in use by {e} (lock: {config.log_dir / LOCK_NAME}); "
-                            "wait for it to end, or choose another --run.") from None
-        except OSError:
-            if config.train:
-                raise
-        yield
+    return _run(config, device, log)
 
 
 def _run(config, device, log):
-    """run()'s work, under the run's lock."""
-    # Only the lock's holder may remove temporaries: another's could be its save in progress.
-    remove_stale_temporaries(config.log_dir)
+    """run()'s work, once the flags and the model's functions are known to be sound."""
     torch.manual_seed(config.seed)  # the initial weights
     model = make_model(config).to(device)
     if config.train:
-        remove_stale_temporaries(config.checkpoint_dir)
         checkpoint.prepare_folder(config.checkpoint_dir, config.resume, config.overwrite)
         # The figures and pictures of an earlier run are not this one's: they go, and come back at its end.
         for name in ("results.json", TRAINING_CURVE, *SAMPLES.values()):
@@ -245,46 +175,22 @@ def _run(config, device, log):
     return results
 
 
-def _fill_closed_standard_streams():
-    """Point a closed stdout or stderr (>&-, 2>&-) at /dev/null.
-
-    Otherwise the next file opened (a checkpoint, metrics.csv) would get descriptor 1
-    or 2, and anything written to the standard stream would land in it.
-    """
-    for fd in (1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            if devnull != fd:
-                os.dup2(devnull, fd)
-                os.close(devnull)
-
-
 def exit_code(main, **flags):
     """Call main(**flags) the way a shell wants it: one-line errors and an exit status.
-
-    A closed stdout (`| head -1`) or stderr (`2>&-`) is not an error: the run goes on.
 
     Returns:
         status: int: 0 done; a UserError's exit_status (1, or 130, 143, 129 for Ctrl-C, SIGTERM, SIGHUP)
     """
-    _fill_closed_standard_streams()
     try:
         main(**flags)
     except UserError as e:
-        _warn(f"{e.prefix}{e}")
+        print(f"{e.prefix}{e}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
-        _warn("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
-              "(--resume continues, --train 0 evaluates).")
+        print("Interrupted (Ctrl-C) outside training; checkpoints already written are kept "
+              "(--resume continues, --train 0 evaluates).", file=sys.stderr)
         return 130
     except OSError as e:  # any other failure of the file system
-        _warn(f"error: {first_line(e)}")
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 1
-    try:  # what is still buffered; its reader may have gone (`| head -1`) once the run was done
-        if sys.stdout is not None:
-            sys.stdout.flush()
-    except BrokenPipeError:
-        _discard_stdout()
     return 0

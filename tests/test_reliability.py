@@ -116,7 +116,7 @@ def test_a_run_that_starts_again_takes_the_old_figures_away_and_the_check_says_i
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=900)
-    assert left == [".lock", "metrics.csv"]  # the results and pictures of the old run are gone
+    assert left == ["metrics.csv"]  # the results and pictures of the old run are gone
     out = subprocess.run([sys.executable, "-m", "codebase.check", "--results", "--logs", str(tmp_path / "logs")],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 1 and "the run has not finished" in out.stdout
@@ -207,10 +207,8 @@ def test_kill_9_during_saves_leaves_a_whole_file(tmp_path):
     proc.wait()
     content = target.read_bytes()
     assert len(content) == 30_000_000 and content in (b"\x01" * 30_000_000, b"\x02" * 30_000_000)
-    leftovers = list(tmp_path.glob(".*.tmp"))
-    files.remove_stale_temporaries(tmp_path)  # what the next start does
-    assert not list(tmp_path.glob(".*.tmp")) and target.exists()
-    print(f"{len(leftovers)} stale temporary file(s) cleaned")
+    # A killed save may leave its hidden temporary file, never a second visible one.
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [target.name]
 
 
 def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
@@ -241,18 +239,6 @@ def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeyp
     assert target.read_text() == "old and good"
     assert not list(tmp_path.glob(".*.tmp"))
 
-
-def test_stale_temporaries_are_removed_when_a_run_starts(straight_run, tmp_path, mnist_dir):
-    folder = tmp_path / "checkpoints" / GMVAE_RUN
-    folder.mkdir(parents=True)
-    stale = folder / ".model-00200.pt.x1y2.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    out = call("--iter_max", "50", cwd=tmp_path, mnist_dir=mnist_dir)
-    assert out.returncode == 0, out.stderr
-    assert not stale.exists()
-
-
-# ---- a loss that stops being finite ------------------------------------------------------------
 
 def test_nan_loss_stops_training_names_the_iteration_and_keeps_the_good_checkpoint(tmp_path, mnist_dir):
     config = Config(iter_max=300, iter_save=100, checkpoint_root=str(tmp_path / "c"),
@@ -320,62 +306,6 @@ def wait_for_training(proc, metrics):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
 
-
-def test_a_second_start_is_refused_and_deletes_nothing_of_the_running_one(tmp_path, mnist_dir):
-    first = subprocess.Popen(script("--iter_max", "100000", "--iter_save", "100", cwd=tmp_path, mnist_dir=mnist_dir),
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_training(first, tmp_path / "logs" / GMVAE_RUN / "metrics.csv")
-        # What a save in progress looks like: the second start must leave it alone.
-        saving = tmp_path / "checkpoints" / GMVAE_RUN / ".model-00300.pt.ab12cd.tmp"
-        saving.write_bytes(b"half of a checkpoint being written")
-        second = call("--iter_max", "400", "--iter_save", "100", "--seed", "7", cwd=tmp_path, mnist_dir=mnist_dir)
-        assert second.returncode == 1 and "Traceback" not in second.stderr
-        assert len(second.stderr.strip().splitlines()) == 1
-        assert "in use by pid" in second.stderr and f"pid {first.pid} " in second.stderr
-        assert saving.exists() and first.poll() is None
-    finally:
-        first.send_signal(signal.SIGTERM)
-        stdout, stderr = first.communicate(timeout=900)
-    assert first.returncode == 143, stderr
-    saved = checkpoint.existing(tmp_path / "checkpoints" / GMVAE_RUN)
-    assert saved and all(torch.load(p, weights_only=True)["config"]["seed"] == 0 for p in saved.values())
-    rows, dropped = read_metrics(tmp_path / "logs" / GMVAE_RUN / "metrics.csv")
-    iterations = [r["iteration"] for r in rows]
-    assert dropped == [] and iterations == sorted(set(iterations)) and iterations[0] == 50
-
-
-def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    lock = tmp_path / ".lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from codebase.runtime.files import locked; "
-                               f"held = locked({str(lock)!r}).__enter__(); print('held', flush=True); time.sleep(600)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(files.InUse, match=f"pid {holder.pid} on "):
-            files.locked(lock).__enter__()
-    finally:
-        holder.kill()
-        holder.wait()
-    with files.locked(lock):
-        pass
-
-
-def test_stale_temporaries_are_removed_only_under_the_lock(tmp_path):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    with files.locked(folder / ".lock"):
-        with pytest.raises(files.InUse):
-            files.locked(folder / ".lock").__enter__()
-    # Held and released again: a later holder may clean.
-    (folder / ".x.pt.1.tmp").write_bytes(b"stale")
-    with files.locked(folder / ".lock"):
-        files.remove_stale_temporaries(folder)
-    assert not (folder / ".x.pt.1.tmp").exists() and (folder / ".lock").exists()
-
-
-# ---- issue 10: in-process runs -----------------------------------------------------------------
 
 def quiet(*args):
     pass
@@ -521,32 +451,6 @@ def test_a_data_dir_that_is_a_file_is_one_clear_error(tmp_path):
         data.ensure_mnist(not_a_folder, log=quiet)
 
 
-def test_an_interrupted_fetchs_folder_is_removed_on_the_next_start_but_not_a_running_one(tmp_path, mnist_dir):
-    import fcntl
-
-    data.raw_dir(tmp_path).mkdir(parents=True)
-    for name in data.MD5:
-        (data.raw_dir(tmp_path) / name).symlink_to(data.raw_dir(mnist_dir) / name)
-    stale = tmp_path / (data.FETCH_PREFIX + "k1ll3d")
-    (stale / "MNIST").mkdir(parents=True)
-    young = tmp_path / (data.FETCH_PREFIX + "n3wb0rn")  # a fetch about to lock its folder
-    young.mkdir()
-    running = tmp_path / (data.FETCH_PREFIX + "runn1n")
-    running.mkdir()
-    hour_ago = time.time() - 3600
-    for folder in (stale, running):
-        os.utime(folder, (hour_ago, hour_ago))
-    fd = os.open(running, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        data.ensure_mnist(tmp_path, log=quiet)
-    finally:
-        os.close(fd)
-    assert not stale.exists() and running.exists() and young.exists()
-
-
-# ---- issue 10: checkpoints that move between devices ------------------------------------------
-
 def as_a_cuda_run_writes_it(state, path, monkeypatch):
     """Save `state` as a CUDA run would have: tensors on cuda:0, Philox rng, capturable Adam."""
     optimizer = state["optimizer"]
@@ -621,28 +525,6 @@ def test_a_gpu_run_resumes_on_the_cpu_and_back(tmp_path, mnist_dir):
 
 # ---- issue 10: closed streams, signals, folders and disks -------------------------------------
 
-def test_with_stderr_closed_the_run_trains_anyway(tmp_path, mnist_dir, monkeypatch):
-    monkeypatch.setattr(sys, "stderr", None)
-    config = Config(iter_max=20, iter_save=20, threads=1, data_dir=str(mnist_dir),
-                    checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
-    assert exit_code(lambda: run(config, log=quiet)) == 0
-    assert list(checkpoint.existing(config.checkpoint_dir)) == [20]
-    assert exit_code(lambda: run(config, log=quiet)) == 1  # an error, with nowhere to print it
-
-
-def test_a_closed_stdout_is_not_an_error_of_the_run(small_run, tmp_path, monkeypatch):
-    import io
-
-    class ClosedPipe(io.TextIOBase):
-        def write(self, text):
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-    config = replace(copy_of(small_run, tmp_path), train=False)
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert exit_code(lambda: run(config)) == 0
-    assert (config.log_dir / "results.json").is_file() and (config.log_dir / "samples_binary.png").is_file()
-
-
 def test_sighup_saves_a_checkpoint_and_exits_129(tmp_path, monkeypatch, capsys):
     config = Config(iter_max=200, iter_save=1000, threads=1, checkpoint_root=str(tmp_path / "c"),
                     log_root=str(tmp_path / "l"))
@@ -697,44 +579,6 @@ def test_train_0_prints_the_figures_before_a_read_only_log_folder_fails(small_ru
     with pytest.raises(files.SaveError, match=f"could not write {config.log_dir}"):
         run(config, log=messages.append)
     assert messages and messages[0].startswith("NELBO: ")
-
-
-@pytest.mark.parametrize("failure", ["a short write", "no space at all"])
-def test_a_full_disk_while_appending_metrics_leaves_no_partial_row(failure, tmp_path, monkeypatch):
-    from codebase.runtime.metrics import MetricsLog
-
-    config = Config(log_root=str(tmp_path), log_every=1)  # a row every step
-    path = config.log_dir / "metrics.csv"
-    metrics = MetricsLog(config, 0, torch.device("cpu"), log=quiet)
-    metrics.add(1, torch.tensor([260.0, 8.0, 252.0]))
-    before = path.read_bytes()
-    real_write = os.write
-
-    def full_disk(fd, data):
-        if failure == "a short write":
-            return real_write(fd, data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(files.os, "write", full_disk)
-    try:
-        with pytest.raises(files.SaveError) as err:
-            metrics.add(2, torch.tensor([200.0, 6.0, 194.0]))
-    finally:
-        monkeypatch.undo()
-    assert str(path) in str(err.value) and "no space left" in str(err.value)
-    assert path.read_bytes() == before
-    metrics.add(2, torch.tensor([200.0, 6.0, 194.0]))  # space again: the next row follows a whole one
-    metrics.close()
-    assert read_metrics(path) == ([{"iteration": 1, "nelbo": 260.0, "kl": 8.0, "rec": 252.0},
-                                   {"iteration": 2, "nelbo": 200.0, "kl": 6.0, "rec": 194.0}], [])
-
-
-def test_a_closed_stdout_during_the_run_is_still_an_error_if_the_run_did_not_finish(capsys):
-    def breaks_mid_run():
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")  # e.g. the progress bar's pipe, mid-training
-
-    assert exit_code(breaks_mid_run) == 1
-    assert "Broken pipe" in capsys.readouterr().err
 
 
 def test_a_seed_out_of_range_is_refused_by_run_itself():

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from codebase.runtime.errors import UserError
-from codebase.runtime.files import AppendOnly, write_atomic
+from codebase.runtime.files import save_error, write_atomic
 
 
 class NonFiniteLoss(UserError):
@@ -75,7 +75,7 @@ class MetricsLog:
         kept = [",".join(METRICS_COLUMNS) + "\n"] + [self.row(r["iteration"], [r[c] for c in METRICS_COLUMNS[1:]])
                                                       for r in rows]
         write_atomic(self.path, "".join(kept).encode())  # a crash here keeps the old rows
-        self.file = AppendOnly(self.path)
+        self.file = open(self.path, "a")
         import torch
         self.window = torch.zeros(config.log_every, 3, device=device)  # the steps since the last row
         self.window_start = start
@@ -105,7 +105,11 @@ class MetricsLog:
         if not all(finite):
             self._non_finite(self.window_start + finite.index(False) + 1)
         values = rows.mean(dim=0).tolist()
-        self.file.append(self.row(iteration, values).encode())
+        try:
+            self.file.write(self.row(iteration, values))
+            self.file.flush()  # a row a user can read while training goes on
+        except OSError as e:
+            raise save_error(self.path, e) from None
         self.window_start = iteration
         return values
 
