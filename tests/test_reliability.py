@@ -412,23 +412,22 @@ def test_an_empty_or_random_file_is_not_a_checkpoint(tmp_path, capsys):
     config = Config(iter_max=20, checkpoint_root=str(tmp_path / "c"), log_root=str(tmp_path / "l"))
     config.checkpoint_dir.mkdir(parents=True)
     path = checkpoint.path_for(config.checkpoint_dir, 20)
-    for content, says in [(b"", "is empty (0 bytes)"), (os.urandom(4096), "is not a checkpoint")]:
+    for content in (b"", os.urandom(4096)):
         path.write_bytes(content)
         status = exit_code(lambda: run(replace(config, train=False), log=quiet))
         err = capsys.readouterr().err
-        assert status == 1 and says in err and str(path) in err and "pickled" not in err
+        assert status == 1 and "is not a checkpoint" in err and str(path) in err and "pickled" not in err
         assert len(err.strip().splitlines()) == 1 and path.exists()
 
 
-def test_a_folder_or_a_symlink_loop_named_like_a_checkpoint_is_called_what_it_is(tmp_path):
+def test_a_folder_or_a_symlink_loop_named_like_a_checkpoint_is_no_checkpoint(tmp_path):
     folder = tmp_path / "model-00100.pt"
     folder.mkdir()
-    with pytest.raises(checkpoint.CheckpointError, match="is a folder, not a checkpoint"):
-        checkpoint.load(folder, {}, "cpu")
     loop = tmp_path / "model-00200.pt"
     loop.symlink_to(loop)
-    with pytest.raises(checkpoint.CheckpointError, match="symbolic link that leads nowhere"):
-        checkpoint.load(loop, {}, "cpu")
+    for path in (folder, loop):
+        with pytest.raises(checkpoint.CheckpointError, match=f"no checkpoint at {path}"):
+            checkpoint.load(path, {}, "cpu")
 
 
 def test_train_0_without_a_checkpoint_at_iter_max_lists_those_that_exist(small_run, tmp_path):

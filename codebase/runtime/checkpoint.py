@@ -16,9 +16,9 @@ from codebase.runtime.errors import UserError, first_line
 from codebase.runtime.files import write_atomic
 
 FORMAT = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 CHECKPOINT_NAME = "model-{:05d}.pt"  # checkpoints/<run>/model-<iteration>.pt
 NAME = re.compile(r"model-(\d{5,})\.pt")
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 # Settings a resumed run must share with its checkpoint: each changes what training computes.
 # --iter_max, --iter_save, --device and --threads may change.
 FIXED_ON_RESUME = ("model", "z", "k", "seed", "lr", "batch")
@@ -58,9 +58,6 @@ def prepare_folder(folder, resume, overwrite):
             raise CheckpointError(
                 f"{folder} already holds checkpoints of this run. Add --resume to continue it, "
                 "--overwrite to start it afresh (deleting them), or choose another --run.")
-        for path in found.values():  # all checked before any is deleted
-            if path.is_dir() and not path.is_symlink():
-                raise CheckpointError(f"{path} is a folder, not a checkpoint; move it away, then run again.")
         for path in found.values():
             path.unlink()
 
@@ -73,12 +70,7 @@ def save(path, state):
 
 
 def _missing(path):
-    """The message for a path that holds no checkpoint file, with the checkpoints that do exist."""
-    if path.is_symlink():
-        return f"{path} is a symbolic link that leads nowhere (or to itself), not a checkpoint; remove it."
-    if path.exists():
-        kind = "a folder" if path.is_dir() else "not a regular file"
-        return f"{path} is {kind}, not a checkpoint; move it away."
+    """The message for a path that holds no checkpoint, with the checkpoints that do exist."""
     found = existing(path.parent) if path.parent.is_dir() else {}
     if found:
         return (f"no checkpoint at {path}; this run has checkpoints at iterations "
@@ -100,24 +92,19 @@ def load(path, architecture, map_location):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(_missing(path))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(ZIP_MAGIC))
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path} ({first_line(e)}).") from None
-    if head != ZIP_MAGIC:
-        what = "is empty (0 bytes)" if not head else "is not a checkpoint (not a file torch.save writes)"
-        raise CheckpointError(f"{path} {what}. The file was left in place; remove it and resume from "
-                              "an earlier checkpoint, or retrain.")
+    with open(path, "rb") as f:
+        if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:  # else torch.load would call random bytes "pickled objects"
+            raise CheckpointError(f"{path} is not a checkpoint (not a file torch.save writes). The file was "
+                                  "left in place; remove it and resume from an earlier checkpoint, or retrain.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path} holds pickled objects, not just weights; it was refused and nothing in it ran. "
             "Only load checkpoints written by this codebase.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # empty, truncated, or not torch.save's
         raise CheckpointError(
-            f"{path} is damaged or truncated ({first_line(e)[:120]}). The file was left "
+            f"{path} is damaged or not a checkpoint ({first_line(e)[:120]}). The file was left "
             "in place; remove it and resume from an earlier checkpoint, or retrain.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this codebase's format {FORMAT}; retrain.")
