@@ -97,7 +97,12 @@ def _resume_point(config, model, optimizer, generator, device, log):
     return state["iteration"], state["train_seconds"]
 
 
-def run(config, log=print):
+def say(message):
+    """A line for the user, flushed at once: in a log file it lands among the progress bar's lines."""
+    print(message, flush=True)
+
+
+def run(config, log=say):
     """Train (or load) a model as `config` says, evaluate it, and write its files.
 
     Returns:
