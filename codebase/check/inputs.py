@@ -44,17 +44,6 @@ def generator_seed(seed, name):
     return int(_rng(seed, name).randint(0, 2**31 - 1))
 
 
-def model_shapes(kind):
-    """{name: shape} of the parameters of the graded model of `kind` ("gmvae" or "vae")."""
-    from codebase.models.nns import Decoder, Encoder
-    with torch.random.fork_rng(devices=[]):
-        nets = {"enc": Encoder(Z_DIM), "dec": Decoder(Z_DIM)}
-    shapes = {f"{net}.{name}": tuple(p.shape) for net, module in nets.items() for name, p in module.named_parameters()}
-    if kind == "gmvae":
-        shapes["z_pre"] = (1, 2 * K, Z_DIM)
-    return shapes
-
-
 def fixed_state(kind, seed):
     """{name: float64 tensor}: the parameters of an untrained model of `kind`, fixed by the seed.
 
@@ -63,14 +52,16 @@ def fixed_state(kind, seed):
     N(0, 1/4)): with all k components at one place, as at initialisation, mistakes between
     components would go unseen.
     """
+    from codebase.models.nns import Decoder, Encoder
+    with torch.random.fork_rng(devices=[]):
+        nets = {"enc": Encoder(Z_DIM), "dec": Decoder(Z_DIM)}
     state, bound = {}, 1.0
-    for name, shape in model_shapes(kind).items():
-        where = f"{kind}:{name}"
-        if name == "z_pre":
-            half = (1, K, Z_DIM)
-            state[name] = torch.cat([normal(seed, where + ":m", half), normal(seed, where + ":v", half, 0.5)], 1)
-            continue
-        if len(shape) == 2:
-            bound = 1 / math.sqrt(shape[1])
-        state[name] = uniform(seed, where, shape, -bound, bound)
+    for net, module in nets.items():
+        for name, p in module.named_parameters():
+            if p.dim() == 2:  # a weight, and the bias after it
+                bound = 1 / math.sqrt(p.shape[1])
+            state[f"{net}.{name}"] = uniform(seed, f"{kind}:{net}.{name}", tuple(p.shape), -bound, bound)
+    if kind == "gmvae":
+        half, where = (1, K, Z_DIM), f"{kind}:z_pre"
+        state["z_pre"] = torch.cat([normal(seed, where + ":m", half), normal(seed, where + ":v", half, 0.5)], 1)
     return state

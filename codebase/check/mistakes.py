@@ -1,9 +1,6 @@
-"""The usual mistakes that the self-check names, and the likely cause it gives for each.
-
-One row a mistake: its key, which the check that recognises it uses, and the text of the FAIL
-line's "likely cause". The model answer's tests make every one of them and assert the diagnosis.
-A cause with {what} names the term it was found in (nelbo, kl, rec or niwae). cause_of_error
-names the mistake behind an error that the code under test raised. This module imports no torch.
+"""The usual mistakes that the self-check names: {key: the FAIL line's "likely cause"}. The model
+answer's tests make every one of them and assert the diagnosis. A cause with {what} names the term it
+was found in (nelbo, kl, rec or niwae). This module imports no torch.
 """
 import re
 

@@ -6,8 +6,8 @@ with the likely mistake, instead of a traceback after minutes of setup.
 """
 import torch
 
+from codebase.check.calls import error_record, where
 from codebase.check.mistakes import CAUSES, cause_of_error
-from codebase.check.probe import error_record, where
 from codebase.runtime.errors import UserError, first_line
 
 
@@ -16,15 +16,8 @@ class UnfinishedCode(UserError):
 
 
 def preflight(model, device, iwae):
-    """Try the prior and the bounds of `model` on two random images; raise UnfinishedCode if one fails.
-
-    The prior is tried first because the bounds build on it (for the GMVAE, log_normal_mixture).
-
-    Args:
-        model: GMVAE or VAE, on `device`
-        device: torch.device: where the model lives
-        iwae: bool: also try the importance-weighted bound
-    """
+    """Try the prior and the bounds of `model` (on `device`) on two random images, the importance-weighted
+    bound too if `iwae`; raise UnfinishedCode if one fails. The prior goes first: the bounds build on it."""
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.bernoulli(torch.full((2, 784), 0.3, device=device), generator=generator)
     probes = [("the prior's log-density", lambda: model.log_prior(torch.zeros(2, model.z_dim, device=device))),

@@ -15,29 +15,30 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
 from codebase.check import inputs as data
+from codebase.check.bounds import IW, PAIRED_DRAWS, bound_images, draw_seed, project
+from codebase.check.calls import gen
 from codebase.check.figures import MODEL_LABELS
-from codebase.check.inputs import F64, Z_DIM, K
-from codebase.check.probe import (
-    BERNOULLI_EXTREMES,
-    IW,
+from codebase.check.functions import (
     MIXTURE_CASES,
-    PAIRED_DRAWS,
     PAIRED_SHAPES,
     REDUCTION_CASES,
-    REDUCTION_EXTREMES,
     SAMPLE_DRAWS,
     SAMPLE_M,
     SAMPLE_V,
-    bound_images,
-    draw_seed,
-    gen,
     inputs_of,
-    project,
 )
-from codebase.check.registry import ODD_BATCH, registrar
+from codebase.check.inputs import F64, Z_DIM, K
+from codebase.check.registry import ODD_BATCH
 
 REFERENCES = {}  # {check's key: its reference}
-references = registrar(REFERENCES)
+
+
+def references(*keys):
+    """A decorator: @references("key", ...) puts the function into REFERENCES under those checks' keys."""
+    def register(fn):
+        REFERENCES.update(dict.fromkeys(keys, fn))
+        return fn
+    return register
 
 
 def mixture(z, m, v, sd=None):
@@ -115,7 +116,7 @@ def ref_reduction(check, seed):
         mistakes |= {f"{name}: only the max": x.amax(dim), f"{name}: keepdim": (lse - shift(n)).unsqueeze(dim),
                      f"{name}: mean of x": x.mean(dim)}
         cases[i] = case(f"{name}(x, dim={dim})", lse - shift(n), mistakes, where=f"for x of shape {shape}")
-    x = torch.tensor(REDUCTION_EXTREMES).double()  # the float32 rows, as the probe passes them
+    x = inputs_of(name, seed, "far")[0].double()  # the float32 rows, as the probe passes them
     where = "for float32 rows near 1e4, -1e4 and -200"
     cases["far"] = case(f"{name}(x, dim=1)", torch.logsumexp(x, 1) - shift(3), where=where, rtol=1e-6, atol=1e-4,
                         nonfinite=f"{name}: naive")
@@ -154,7 +155,7 @@ def ref_mixture(check, seed):
 
 @references("mixture_far")
 def ref_mixture_far(check, seed):
-    z, m, v = (t.double() for t in inputs_of("mixture_far", seed))
+    z, m, v = (t.double() for t in inputs_of("mixture_far", seed, "far"))
     return {"far": case("log_normal_mixture(z, m, v)", mixture(z, m, v), rtol=1e-5, atol=1e-3,
                         where="up to 100 away from every component, with v = 1e-8 (float32)",
                         nonfinite="mixture: underflow"),
@@ -228,8 +229,7 @@ def ref_log_bernoulli(check, seed):
             **_sums("log_bernoulli_with_logits", each)},
             where=f"for x of shape {tuple(x.shape)}, logits of shape {tuple(logits.shape)}",
             nonfinite="log_bernoulli_with_logits: logits as probabilities")
-    x = torch.tensor(BERNOULLI_EXTREMES[0], dtype=F64).expand(2, 8)
-    logits = torch.tensor(BERNOULLI_EXTREMES[1], dtype=F64).repeat(2, 1)
+    x, logits = (t.double() for t in inputs_of("log_bernoulli_with_logits", seed, "far"))
     where = "for logits of +-1e4 and +-100 (float32)"
     cases["far"] = case("log_bernoulli_with_logits(x, logits)", bernoulli(logits).log_prob(x).sum(-1), rtol=1e-6,
                         atol=1e-4, where=where, nonfinite="log_bernoulli_with_logits: log of sigmoid")

@@ -70,17 +70,6 @@ def _checks():
 CHECKS = _checks()
 
 
-def registrar(table):
-    """A decorator for the functions of a kind (probes, references, judges): @kind("key", ...) puts the
-    function into `table` under the keys of the checks it serves."""
-    def for_keys(*keys):
-        def register(fn):
-            table.update(dict.fromkeys(keys, fn))
-            return fn
-        return register
-    return for_keys
-
-
 def by_name(name):
     """The check called `name`; KeyError if there is none."""
     found = [c for c in CHECKS if c.name == name]

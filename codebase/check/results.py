@@ -11,9 +11,9 @@ import json
 import math
 from pathlib import Path
 
+from codebase.check.compare import Failure
 from codebase.check.figures import GRADED_SETTING, MODEL_LABELS, RUN_SCRIPTS, accepted_range
 from codebase.check.figures import TERM_LABELS as TERMS
-from codebase.check.judge import Failure
 from codebase.config import TRAINING_CURVE
 from codebase.runtime.errors import first_line
 
@@ -31,7 +31,7 @@ def newest_run(logs, model):
 def _why(model, term, value, results):
     """The likely cause of a figure outside its range."""
     script, graded = RUN_SCRIPTS[model], GRADED_SETTING[model]
-    low, high = accepted_range(model, term)
+    high = accepted_range(model, term)[1]
     config = results.get("config") if isinstance(results.get("config"), dict) else {}
     iterations = results.get("iterations", config.get("iter_max"))
     changed = [f"{key}={config[key]}" for key, value in graded.items() if key in config and config[key] != value]
@@ -77,15 +77,15 @@ def check_results(logs, model):
     if abs(kl + rec - nelbo) > 1e-3 * abs(nelbo) + 1e-3:
         raise Failure(f"expected nelbo = kl + rec = {kl + rec:.2f} in {path}, got {nelbo:.2f}",
                       "the bound's nelbo is not kl + rec: run python -m codebase.check")
-    figures = ", ".join(f"{TERMS[t]} {values[t]:.2f} (accepted {'{:g} to {:g}'.format(*accepted_range(model, t))})"
-                        for t in TERMS)
-    outside = [t for t in TERMS if not accepted_range(model, t)[0] <= values[t] <= accepted_range(model, t)[1]]
+    ranges = {t: accepted_range(model, t) for t in TERMS}
+    figures = ", ".join(f"{TERMS[t]} {values[t]:.2f} (accepted {low:g} to {high:g})"
+                        for t, (low, high) in ranges.items())
+    outside = [t for t, (low, high) in ranges.items() if not low <= values[t] <= high]
     curve = folder / TRAINING_CURVE
     if not outside:
         return f"{figures}; {path}; the curves: {curve}"
     term = outside[0]
-    low, high = accepted_range(model, term)
-    value = values[term]
+    (low, high), value = ranges[term], values[term]
     off, where = (value - high, "above") if value > high else (low - value, "below")
     raise Failure(f"expected {TERMS[term]} {low:g} to {high:g}, got {value:.2f}, {off:.2f} {where} the range "
                   f"({figures}) in {path}", f"{_why(model, term, value, results)}; the curves: {curve}")
@@ -93,11 +93,8 @@ def check_results(logs, model):
 
 def main(logs, only=None):
     """Print a PASS or FAIL line for each model that has a run in `logs`, or for every model when none has
-    (a student who trains only the GMVAE, as the problem set asks, is not failed for the VAE).
-
-    Returns:
-        status: int: 0 if every line is a PASS, else 1
-    """
+    (a student who trains only the GMVAE, as the problem set asks, is not failed for the VAE); returns 0 if
+    every line is a PASS, else 1."""
     models = [model for model in MODEL_LABELS if newest_run(logs, model)] or list(MODEL_LABELS)
     models = [m for m in models if not only or any(text in f"results: {MODEL_LABELS[m]}" for text in only)]
     failed = 0
