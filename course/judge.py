@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from codebase.check import judge, references
+from codebase.check.figures import GRADED_SETTING
 from codebase.check.registry import CHECKS, by_name
 from codebase.config import GRID_COLS, GRID_ROWS
 from codebase.data import load_mnist
 from codebase.evaluate import SUBSET_REPEATS, eval_subset, sample_binary
-from codebase.runtime.files import write_png_grid
 from codebase.models import GMVAE
-from codebase.check.figures import GRADED_SETTING
+from codebase.runtime.files import write_png_grid
 
 REPEATS_AT_ONCE = 10  # subset evaluations per pass: bounds the judge's memory
 

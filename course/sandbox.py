@@ -1,29 +1,27 @@
-"""The sandbox in which the grader runs a student's code: a user of its own, limits, and safe reading.
+"""The sandbox in which the grader runs a student's code: a user of its own, and limits.
 
 When the grader is root (as on Gradescope), each grading claims a user id that nothing else uses
 (CLAIMED_UIDS, reserved by a lock file) and runs every child process of the student's code as that
 user, with no supplementary groups and no_new_privs set (so setuid programs do not raise it), in a
-private work folder that only that user and root can enter. Each child has limits: its run time,
-its address space, the size of any one file, the number of processes and threads of the user, and
-the total disk that the user's files take; past a limit the child is stopped and the student told
-which. When a child ends, every process of that user is killed, whatever session or group it moved
-to, so nothing outlives it. If the user cannot run the grader's Python with torch and read MNIST,
-the grader refuses to grade (SandboxError): it never runs submitted code as root.
+private work folder that only that user and root can enter. Each child has limits (LIMITS, in
+course/settings.py): its run time, its address space, the size of any one file, the number of
+processes and threads of the user, and the total disk that the user's files take; past a limit the
+child is stopped and the student told which. When a child ends, every process of that user is
+killed, whatever session or group it moved to, so nothing outlives it. If the user cannot run the
+grader's Python with torch and read MNIST, the grader refuses to grade (SandboxError): it never runs
+submitted code as root.
 
 As another user than root (a local regrade), the student's code runs as that user: only the time,
 memory, file-size and output limits hold, and a child is killed with its process group alone.
 
-Everything read from the work folder is read without following a symbolic link in any part of its
-path (read_beneath), and text from the submission is shown escaped (shown, clean).
+What the children leave is read, shown and removed by course/untrusted.py.
 """
 import ctypes
 import errno
 import fcntl
 import os
 import random
-import re
 import resource
-import selectors
 import signal
 import stat
 import subprocess
@@ -32,17 +30,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from course.child import DRAIN_SECONDS, Clock, Outcome, Pipes
+from course.settings import LIMITS
+from course.untrusted import remove
+
 CLAIMED_UIDS = range(40000, 60000)  # inside what a container's user namespace usually maps (0 to 65535)
 LOCKS = Path(tempfile.gettempdir()) / "autograder-uids"  # root's alone; <uid>.lock held while a grading uses it
-MEMORY_GB = 6.0  # address space per child; torch alone maps about 3 GB of it, training adds about 1.5
-FILE_MB = 512  # the largest file a child may write (a checkpoint is under 10 MB)
-DISK_MB = 1024  # all the files of the sandbox user together
-PROCESSES = 64  # processes and threads of the sandbox user, and 8 more per CPU thread it is given
-FILES = 100_000  # files and folders of the sandbox user (a checkpoint run leaves a few dozen)
-KEEP_BYTES = 2048  # of a child's output: this much of the start and of the end
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # where any user may write outside the work folder
-POLL_SECONDS = 0.5
-CAN_RUN_SECONDS = 120  # the check that the sandbox user can run the grader's Python (about 2 s)
 PR_SET_NO_NEW_PRIVS = 38
 # Run as the sandbox user by the grader's Python: it must import torch and read the MNIST folder, and
 # must not read the grading's secret (the references, which compute the answer): exit 4 if it can.
@@ -67,137 +61,6 @@ class StillWriting(OSError):
     """A folder of the student's could not be emptied: its process keeps writing into it."""
 
 
-def remove(path):
-    """Delete `path` and all below it, never following a link and without recursion however deep it goes
-    (shutil.rmtree recurses, and a student's tree can be thousands of folders deep). True if it is gone."""
-    if not os.path.lexists(path):
-        return True
-    subprocess.run(["rm", "-rf", "--", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return not os.path.lexists(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text from the submission
-# ---------------------------------------------------------------------------------------------
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def clean(text):
-    """Printed output, shown as plain text: control characters (escapes, NUL, carriage returns) removed,
-    and each line marked as the submission's with "| ", so that none reads as one of the grader's."""
-    text = _CONTROL.sub("", text.replace("\r\n", "\n"))
-    return "\n".join(f"| {line}" for line in text.splitlines())
-
-
-def shown(name):
-    """A name from the submission (a file or zip member) on one line, non-printable characters escaped."""
-    return "".join(c if c.isprintable() and c not in "\n\r" else repr(c)[1:-1] for c in str(name))[:300]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading what the student's code wrote, never following a link
-# ---------------------------------------------------------------------------------------------
-
-def _open_beneath(root, relative, flags):
-    """An fd of root/relative opened with `flags`, each part of `relative` opened without following a link."""
-    parts = [p for p in Path(relative).parts if p not in ("", ".")]
-    if ".." in parts:
-        raise OSError(errno.EPERM, f"{relative}: .. is not allowed")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd) if parts else os.dup(fd)
-    finally:
-        os.close(fd)
-
-
-def read_beneath(root, relative, limit):
-    """The bytes of the regular file root/relative, at most `limit` of them.
-
-    Returns:
-        data: bytes, or None if it is missing, a link (anywhere on the path), not a regular file,
-            or larger than `limit`; and why not, in a few words
-    """
-    try:
-        fd = _open_beneath(root, relative, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        return None, "a symbolic link" if e.errno in (errno.ELOOP, errno.ENOTDIR) else "missing"
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return None, "not a regular file"
-        if info.st_size > limit:
-            return None, f"larger than {limit >> 20} MB"
-        return f.read(limit + 1)[:limit], ""
-
-
-def list_beneath(root, relative):
-    """The names in the folder root/relative (opened as read_beneath does), or [] if it is not one."""
-    try:
-        fd = _open_beneath(root, relative, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return []
-    try:
-        return sorted(os.listdir(fd))
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# A child process and its output
-# ---------------------------------------------------------------------------------------------
-
-class Capture:
-    """A child's output stream, kept to its first and last KEEP_BYTES."""
-
-    def __init__(self):
-        self.head, self.tail, self.total = bytearray(), bytearray(), 0
-
-    def feed(self, data):
-        self.total += len(data)
-        room = KEEP_BYTES - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail = (self.tail + data)[-KEEP_BYTES:]
-
-    def text(self):
-        """What was kept, with a marker where bytes were left out."""
-        head = self.head.decode("utf-8", errors="replace")
-        if self.total <= len(self.head) + len(self.tail):
-            return head + self.tail.decode("utf-8", errors="replace")
-        left_out = self.total - len(self.head) - len(self.tail)
-        return head + f"\n[... {left_out:,} bytes left out ...]\n" + self.tail.decode("utf-8", errors="replace")
-
-
-@dataclass
-class Outcome:
-    returncode: int  # negative: killed by that signal
-    timed_out: bool
-    out: Capture
-    err: Capture
-    stopped: str = ""  # the limit it was stopped at (processes, disk), in words; "" if none
-    seconds: float = 0.0
-
-    def why(self, memory_gb):
-        """Why the child ended without finishing, in words."""
-        if self.stopped:
-            return f"stopped: {self.stopped}"
-        last = [line for line in self.err.text().splitlines() if line.strip()]
-        tail = f": {shown(last[-1].strip())[:300]}" if last else ""
-        code = self.returncode
-        if code == -signal.SIGKILL or "MemoryError" in tail or "can't allocate memory" in tail:
-            return f"exit {code}{tail}; it may have run out of memory (the cap is {memory_gb:g} GB)"
-        if code < 0:
-            return f"killed by signal {-code}{tail}"
-        return f"exit status {code}{tail}"
-
-
 def _no_new_privileges():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -208,10 +71,10 @@ def _no_new_privileges():
 class Sandbox:
     """Who runs the student's code, and under which limits."""
     uid: int = None  # None: as this process's user (not root)
-    memory_gb: float = MEMORY_GB
+    memory_gb: float = LIMITS.memory_gb
     threads: int = 1
-    disk_mb: int = DISK_MB
-    processes: int = PROCESSES
+    disk_mb: int = LIMITS.disk_mb
+    processes: int = LIMITS.processes
     _lock: int = None  # the fd of the uid's lock file
 
     @property
@@ -219,7 +82,8 @@ class Sandbox:
         return self.uid  # a group of its own, as unused as the uid
 
     @staticmethod
-    def open(python, data_dir, secret="/nonexistent", memory_gb=MEMORY_GB, threads=1, disk_mb=DISK_MB):
+    def open(python, data_dir, secret="/nonexistent", memory_gb=LIMITS.memory_gb, threads=1,
+             disk_mb=LIMITS.disk_mb):
         """A sandbox for one grading: as root, under a uid of its own that can run `python` with torch
         and read `data_dir`/MNIST/raw, but not `secret`; else as this user.
 
@@ -227,14 +91,14 @@ class Sandbox:
             SandboxError: root, but the claimed user cannot run the grader's Python or read MNIST, or
                 can read the secret
         """
-        box = Sandbox(None, memory_gb, threads, disk_mb, PROCESSES + 8 * threads)
+        box = Sandbox(None, memory_gb, threads, disk_mb, LIMITS.processes + LIMITS.processes_per_thread * threads)
         if os.geteuid() != 0:
             return box
         box.uid, box._lock = _claim_uid()
         raw = Path(data_dir) / "MNIST" / "raw"
         try:
             outcome = box.run([str(python), "-c", CAN_RUN, str(raw), str(secret)], "/", {"PATH": "/usr/bin:/bin"},
-                              CAN_RUN_SECONDS)
+                              LIMITS.can_run_seconds)
             problem = "" if outcome.returncode == 0 else outcome.why(memory_gb)
         except OSError as e:
             outcome, problem = None, f"{type(e).__name__}: {e}"
@@ -262,7 +126,7 @@ class Sandbox:
         def apply():
             os.umask(0o077)
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_MB << 20, FILE_MB << 20))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (LIMITS.file_mb << 20, LIMITS.file_mb << 20))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             if uid is not None:
                 resource.setrlimit(resource.RLIMIT_NPROC, (self.processes, self.processes))
@@ -283,54 +147,49 @@ class Sandbox:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                                 preexec_fn=self._preexec())
-        out, err = Capture(), Capture()
-        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-        selector = selectors.DefaultSelector()
-        for fd in streams:
-            selector.register(fd, selectors.EVENT_READ)
-        deadline, drain_until, timed_out, stopped = began + timeout, None, False, ""
-        steps, step_deadline = 0, began + (progress[2] if progress else timeout)
-        next_look = began
+        pipes = Pipes(proc)
+        stopped, timed_out = "", False
         try:
-            while True:
-                now = time.monotonic()
-                if now >= next_look:
-                    next_look = now + POLL_SECONDS
-                    done = progress[0]() if progress else 0
-                    if done > steps:
-                        steps, step_deadline = done, now + progress[1]
-                    stopped = self._over_a_limit(cwd)
-                    if stopped:
-                        break
-                if now >= min(deadline, step_deadline):
-                    timed_out = proc.poll() is None
-                    break
-                if proc.poll() is not None:
-                    drain_until = drain_until or now + 2.0  # a process it left behind may hold the pipes open
-                    if not selector.get_map() or now >= drain_until:
-                        break
-                wait = max(min(POLL_SECONDS, next_look - now, min(deadline, step_deadline) - now), 0.01)
-                if not selector.get_map():
-                    time.sleep(wait)
-                for key, _ in selector.select(timeout=wait) if selector.get_map() else ():
-                    data = os.read(key.fd, 1 << 16)
-                    if data:
-                        streams[key.fd].feed(data)
-                    else:
-                        selector.unregister(key.fd)
+            stopped, timed_out = self._watch(proc, pipes, Clock(began, timeout, progress), cwd)
         finally:
-            selector.close()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.kill_all()
-            proc.wait()
-            proc.stdout.close()
-            proc.stderr.close()
+            pipes.close()
+            self._end(proc)
         # Files outlive their writer: a child that ended between two looks is still past the disk bound.
         stopped = stopped or self._over_a_limit(cwd, processes=False)
-        return Outcome(proc.returncode, timed_out, out, err, stopped, time.monotonic() - began)
+        return Outcome(proc.returncode, timed_out, pipes.out, pipes.err, stopped, time.monotonic() - began)
+
+    def _watch(self, proc, pipes, clock, cwd):
+        """Keep the child's output until it ends and its pipes close, or it passes its time or a limit.
+
+        Returns:
+            stopped: str: the limit it passed, in words, or ""
+            timed_out: bool: it was still running when its time ran out
+        """
+        drain_until = None
+        while True:
+            now = time.monotonic()
+            if clock.look(now):
+                stopped = self._over_a_limit(cwd)
+                if stopped:
+                    return stopped, False
+            if clock.over(now):
+                return "", proc.poll() is None
+            if proc.poll() is not None:
+                drain_until = drain_until or now + DRAIN_SECONDS
+                if not pipes.open or now >= drain_until:
+                    return "", False
+            pipes.read(clock.wait(now))
+
+    def _end(self, proc):
+        """Kill the child's process group and every process of the user, and reap the child."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.kill_all()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
     # --- the user's processes and files ---
 
@@ -370,7 +229,7 @@ class Sandbox:
             time.sleep(min(0.02 * 2 ** attempt, 1.0))
         raise SandboxError(f"the processes of uid {self.uid} could not all be killed")
 
-    def _owned(self, roots, limit=FILES + 1):
+    def _owned(self, roots, limit=LIMITS.files + 1):
         """[path] of the files and folders the sandbox user owns under `roots` (at most `limit` of them),
         walking only folders that it owns or anyone may write into (nowhere else can it have created
         anything), without recursion however deep they go."""
@@ -395,7 +254,7 @@ class Sandbox:
 
     def disk_use(self, workdir):
         """(bytes on disk, count) of every file and folder of the sandbox user (the work folder and the shared
-        temporary ones); the count stops past FILES."""
+        temporary ones); the count stops past LIMITS.files."""
         owned, total = self._owned([workdir, *WORLD_WRITABLE]), 0
         for path in owned:
             try:
@@ -414,8 +273,8 @@ class Sandbox:
         size, count = self.disk_use(workdir)
         if size > self.disk_mb << 20:
             return f"your code's files took more than {self.disk_mb:,} MB of disk, the limit"
-        if count > FILES:
-            return f"your code made more than {FILES:,} files and folders, the limit"
+        if count > LIMITS.files:
+            return f"your code made more than {LIMITS.files:,} files and folders, the limit"
         return ""
 
     def close(self):

@@ -1,0 +1,189 @@
+"""Collecting a submission: the student's two files, found in a folder or a zip however it is laid out,
+and the submissions in a folder of them (batch).
+
+Only codebase/utils.py and codebase/models/gmvae.py are taken: loose, in a codebase/ tree, or anywhere
+in a whole repository, which may be a zip inside the upload. Nothing is followed (a symbolic link, a
+path out of the zip), nothing is opened past its size limit (LIMITS), and a damaged zip or file is
+named as the submission's: the rest is graded.
+"""
+import io
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from course.settings import LIMITS
+from course.untrusted import shown
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository, or /autograder/source in the grading image
+# Written into the zip only: the starter's paths, so the image need not regenerate the starter.
+MANIFEST = ROOT / "course" / "gradescope" / "starter_files.txt"
+# The files a student writes, and the short names they may upload them under.
+STUDENT_FILES = {"codebase/utils.py": "utils.py", "codebase/models/gmvae.py": "gmvae.py"}
+IGNORED_PARTS = {"__MACOSX", ".git", "__pycache__", ".ipynb_checkpoints"}
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError)
+
+
+class SubmissionError(ValueError):
+    """The submission cannot be read at all (not a folder or zip, a broken zip); one line."""
+
+
+@dataclass
+class Found:
+    files: dict = field(default_factory=dict)  # {starter path: bytes}
+    where: dict = field(default_factory=dict)  # {starter path: path in the submission, shown escaped}
+    missing: list = field(default_factory=list)  # starter paths not found
+    notes: list = field(default_factory=list)  # lines for the student
+    ignored: int = 0  # other files in the submission
+
+
+def collect(submission):
+    """The student's two files from a submission: loose, in a codebase/ tree, or in a whole repo,
+    which may itself be a zip inside the submission.
+
+    For each file, a path ending in its full starter path (codebase/models/gmvae.py) is
+    preferred to a bare name (gmvae.py), and a shallower one to a deeper one.
+
+    Returns:
+        found: Found
+
+    Raises:
+        SubmissionError: the submission is neither a folder nor a readable zip
+    """
+    found = Found()
+    entries = _with_inner_zips(_submission_entries(submission), found.notes)
+    for target, short in STUDENT_FILES.items():
+        full = [n for n in entries if n == target or n.endswith("/" + target)]
+        bare = [n for n in entries if n == short or n.endswith("/" + short)]
+        candidates = sorted(full or bare, key=lambda n: (n.count("/"), n))
+        if not candidates:
+            found.missing.append(target)
+            continue
+        if len(candidates) > 1:
+            found.notes.append(f"{len(candidates)} files could be {target}; graded {shown(candidates[0])}.")
+        _take(found, target, candidates[0], *entries[candidates[0]])
+    found.ignored = len(entries) - len(found.where)
+    return found
+
+
+def _take(found, target, name, read, size):
+    """Put the entry `name` into `found` as `target`, or say in its notes why it is not graded."""
+    try:
+        if size > LIMITS.max_source_bytes:
+            raise SubmissionError(f"{shown(name)} is {size:,} bytes, over the {LIMITS.max_source_bytes:,} accepted")
+        data = read()
+        data.decode("utf-8")
+    except (SubmissionError, UnicodeDecodeError) as e:
+        reason = e if isinstance(e, SubmissionError) else f"{shown(name)} is not UTF-8 text"
+        found.notes.append(f"{reason}: not graded.")
+        found.missing.append(target)
+        return
+    found.files[target], found.where[target] = data, shown(name)
+
+
+def _submission_entries(submission):
+    """{relative posix path: (a callable returning the bytes, the size)} of a folder or zip's files."""
+    path = Path(submission)
+    if path.is_dir():
+        entries, todo = {}, [path]
+        while todo:  # without recursion: a submission's folders may go thousands deep
+            for p in sorted(todo.pop().iterdir()):
+                rel = p.relative_to(path)
+                if p.is_symlink() or IGNORED_PARTS & set(rel.parts):
+                    continue  # a link could point at the grader's own files
+                if p.is_dir():
+                    todo.append(p)
+                elif p.is_file():
+                    entries[rel.as_posix()] = (lambda p=p: p.read_bytes(), p.stat().st_size)
+        return entries
+    if path.is_file() and zipfile.is_zipfile(path):
+        return _zip_entries(path, path.name)
+    if path.exists():
+        raise SubmissionError(f"{shown(path.name)} is neither a folder nor a zip")
+    raise SubmissionError(f"{shown(path)} does not exist")
+
+
+def _zip_entries(file, name):
+    """_submission_entries of a zip: `file` is its path or a file object, `name` what messages call it.
+    Reading an entry raises SubmissionError if the zip is damaged there (a bad CRC, a cut-off end)."""
+    try:
+        archive = zipfile.ZipFile(file)
+        infos = archive.infolist()
+    except ZIP_ERRORS as e:
+        raise SubmissionError(f"{shown(name)} is not a readable zip ({shown(e)})") from None
+    if sum(i.file_size for i in infos) > LIMITS.max_unzipped_bytes:
+        raise SubmissionError(f"{shown(name)} unpacks to more than {LIMITS.max_unzipped_bytes >> 20} MB")
+
+    def reader(info):
+        def read():
+            try:
+                return archive.read(info)
+            except (*ZIP_ERRORS, RuntimeError, NotImplementedError) as e:
+                raise SubmissionError(f"{shown(name)} is damaged at {shown(info.filename)} ({shown(e)})") from None
+        return read
+
+    entries = {}
+    for info in infos:
+        parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+        link = stat.S_ISLNK(info.external_attr >> 16)
+        if info.is_dir() or link or ".." in parts or IGNORED_PARTS & set(parts):
+            continue
+        entries["/".join(parts)] = (reader(info), info.file_size)
+    return entries
+
+
+def _with_inner_zips(entries, notes):
+    """entries, and the files of each zip among them as "<zip's path>/<path inside>": students upload
+    a folder that holds their zipped repository, or a zip of a zip. One level deep; a zip that cannot
+    be opened is named in `notes` and left as a file."""
+    found = dict(entries)
+    for name, (read, size) in entries.items():
+        if not name.lower().endswith(".zip"):
+            continue
+        if size > LIMITS.max_inner_zip_bytes:
+            notes.append(f"{shown(name)} is {size / (1 << 20):,.0f} MB, over the {LIMITS.max_inner_zip_bytes >> 20} "
+                         "MB of a zip that is looked into: not opened.")
+            continue
+        try:
+            inner = _zip_entries(io.BytesIO(read()), name)
+        except SubmissionError as e:
+            notes.append(f"{e}: not opened.")
+            continue
+        found |= {f"{name}/{inner_name}": entry for inner_name, entry in inner.items()}
+    return found
+
+
+def syntax_errors(found):
+    """One line per student file that does not compile (compiling runs none of its code)."""
+    lines = []
+    for target, data in found.files.items():
+        try:
+            compile(data, target, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            lines.append(f"{found.where[target]} does not compile: {shown(e.msg)} (line {e.lineno}).")
+        except (ValueError, RecursionError, MemoryError) as e:
+            lines.append(f"{found.where[target]} does not compile: {type(e).__name__}: {shown(e)}.")
+    return lines
+
+
+def starter_files():
+    """{path: bytes} of the student starter: from the image's manifest, or made by course.handout."""
+    if MANIFEST.is_file():
+        return {name: (ROOT / name).read_bytes() for name in MANIFEST.read_text().split()}
+    from course import handout
+    # The work folder runs the probe and the run script, which need no stored expected values.
+    return handout.starter_files(set(handout.VARIANTS["default"]), stored=False)
+
+
+def submissions_in(folder):
+    """{name: path} of the submissions in a folder: each subfolder and each zip."""
+    found = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or path.name in IGNORED_PARTS:
+            continue
+        if path.is_dir():
+            found[path.name] = path
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            # alice.zip beside a folder alice/ is another submission: it keeps its suffix in its name.
+            found[path.name if (path.parent / path.stem).is_dir() else path.stem] = path
+    return found
