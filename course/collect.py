@@ -3,9 +3,10 @@ and the submissions in a folder of them (batch).
 
 Only codebase/utils.py and codebase/models/gmvae.py are taken: loose, in a codebase/ tree, or anywhere
 in a whole repository, which may be a zip inside the upload. Nothing is followed (a symbolic link, a
-path out of the zip), nothing is opened past its size limit (LIMITS), and a damaged zip or file is
-named as the submission's: the rest is graded.
+path out of the zip), nothing is opened past its size limit (LIMITS), and a damaged zip or file, at any
+depth of zips inside zips, is named as the submission's: the rest is graded.
 """
+import collections
 import io
 import stat
 import zipfile
@@ -21,7 +22,6 @@ MANIFEST = ROOT / "course" / "gradescope" / "starter_files.txt"
 # The files a student writes, and the short names they may upload them under.
 STUDENT_FILES = {"codebase/utils.py": "utils.py", "codebase/models/gmvae.py": "gmvae.py"}
 IGNORED_PARTS = {"__MACOSX", ".git", "__pycache__", ".ipynb_checkpoints"}
-ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError)
 
 
 class SubmissionError(ValueError):
@@ -51,7 +51,8 @@ def collect(submission):
         SubmissionError: the submission is neither a folder nor a readable zip
     """
     found = Found()
-    entries = _with_inner_zips(_submission_entries(submission), found.notes)
+    budget = _Budget()
+    entries = _with_inner_zips(_submission_entries(submission, budget), found.notes, budget)
     for target, short in STUDENT_FILES.items():
         full = [n for n in entries if n == target or n.endswith("/" + target)]
         bare = [n for n in entries if n == short or n.endswith("/" + short)]
@@ -81,8 +82,9 @@ def _take(found, target, name, read, size):
     found.files[target], found.where[target] = data, shown(name)
 
 
-def _submission_entries(submission):
-    """{relative posix path: (a callable returning the bytes, the size)} of a folder or zip's files."""
+def _submission_entries(submission, budget):
+    """{relative posix path: (a callable returning the bytes, the size)} of a folder or zip's files.
+    Calling one raises SubmissionError where the file cannot be read."""
     path = Path(submission)
     if path.is_dir():
         entries, todo = {}, [path]
@@ -94,31 +96,62 @@ def _submission_entries(submission):
                 if p.is_dir():
                     todo.append(p)
                 elif p.is_file():
-                    entries[rel.as_posix()] = (lambda p=p: p.read_bytes(), p.stat().st_size)
+                    entries[rel.as_posix()] = (_file_reader(p, rel.as_posix()), p.stat().st_size)
         return entries
     if path.is_file() and zipfile.is_zipfile(path):
-        return _zip_entries(path, path.name)
+        return _zip_entries(path, path.name, budget)
     if path.exists():
         raise SubmissionError(f"{shown(path.name)} is neither a folder nor a zip")
     raise SubmissionError(f"{shown(path)} does not exist")
 
 
-def _zip_entries(file, name):
+def _file_reader(path, name):
+    def read():
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise SubmissionError(f"{shown(name)} cannot be read ({shown(e.strerror or e)})") from None
+    return read
+
+
+class _Budget:
+    """The bytes that the submission's zips, at every depth together, may still unpack to: a zip of zips
+    of zips could otherwise unpack to any size from a few kilobytes."""
+
+    def __init__(self):
+        self.left = LIMITS.max_unzipped_bytes
+
+    def spend(self, name, size):
+        """Raises SubmissionError if the zip `name`, which unpacks to `size` bytes, is past the budget."""
+        total = LIMITS.max_unzipped_bytes
+        if size > total:
+            raise SubmissionError(f"{shown(name)} unpacks to more than {total >> 20} MB")
+        if size > self.left:
+            raise SubmissionError(f"{shown(name)} unpacks to more than the submission's zips have left of the "
+                                  f"{total >> 20} MB they may unpack to")
+        self.left -= size
+
+
+def _zip_entries(file, name, budget):
     """_submission_entries of a zip: `file` is its path or a file object, `name` what messages call it.
-    Reading an entry raises SubmissionError if the zip is damaged there (a bad CRC, a cut-off end)."""
+
+    Whatever zipfile makes of the bytes is the upload's doing, not the grader's: a damaged directory
+    raises SubmissionError here, and a damaged member (a bad CRC, a corrupt or cut-off stream, a
+    compression method zipfile lacks, encryption) when the entry is read, naming the member.
+    """
     try:
         archive = zipfile.ZipFile(file)
         infos = archive.infolist()
-    except ZIP_ERRORS as e:
+        unzipped = sum(i.file_size for i in infos)
+    except Exception as e:
         raise SubmissionError(f"{shown(name)} is not a readable zip ({shown(e)})") from None
-    if sum(i.file_size for i in infos) > LIMITS.max_unzipped_bytes:
-        raise SubmissionError(f"{shown(name)} unpacks to more than {LIMITS.max_unzipped_bytes >> 20} MB")
+    budget.spend(name, unzipped)
 
     def reader(info):
         def read():
             try:
                 return archive.read(info)
-            except (*ZIP_ERRORS, RuntimeError, NotImplementedError) as e:
+            except Exception as e:
                 raise SubmissionError(f"{shown(name)} is damaged at {shown(info.filename)} ({shown(e)})") from None
         return read
 
@@ -132,12 +165,13 @@ def _zip_entries(file, name):
     return entries
 
 
-def _with_inner_zips(entries, notes):
-    """entries, and the files of each zip among them as "<zip's path>/<path inside>": students upload
-    a folder that holds their zipped repository, or a zip of a zip. One level deep; a zip that cannot
-    be opened is named in `notes` and left as a file."""
-    found = dict(entries)
-    for name, (read, size) in entries.items():
+def _with_inner_zips(entries, notes, budget):
+    """entries, and the files of each zip among them as "<zip's path>/<path inside>", at any depth:
+    students upload a folder that holds their zipped repository, or a zip of a zip. A zip that cannot be
+    opened is named in `notes` and left as a file."""
+    found, todo = dict(entries), collections.deque(entries.items())
+    while todo:  # breadth first, without recursion
+        name, (read, size) = todo.popleft()
         if not name.lower().endswith(".zip"):
             continue
         if size > LIMITS.max_inner_zip_bytes:
@@ -145,11 +179,13 @@ def _with_inner_zips(entries, notes):
                          "MB of a zip that is looked into: not opened.")
             continue
         try:
-            inner = _zip_entries(io.BytesIO(read()), name)
+            inner = _zip_entries(io.BytesIO(read()), name, budget)
         except SubmissionError as e:
             notes.append(f"{e}: not opened.")
             continue
-        found |= {f"{name}/{inner_name}": entry for inner_name, entry in inner.items()}
+        nested = {f"{name}/{inner_name}": entry for inner_name, entry in inner.items()}
+        found |= nested
+        todo.extend(nested.items())
     return found
 
 
