@@ -7,16 +7,17 @@ private work folder that only that user and root can enter. Each child has limit
 course/settings.py): its run time, its address space, the size of any one file, the number of
 processes and threads of the user, and the total disk that the user's files take; past a limit the
 child is stopped and the student told which. When a child ends, every process of that user is
-killed, whatever session or group it moved to, so nothing outlives it. If the user cannot run the
-grader's Python with torch and read MNIST, the grader refuses to grade (SandboxError): it never runs
-submitted code as root.
+killed, whatever session or group it moved to, and its System V objects removed, so nothing outlives it.
+The children open no internet socket, and where the container allows a mount namespace, write nowhere but
+their work folder (course/confine.py). If the user cannot run the grader's Python with torch and read
+MNIST, or could reach the network, the grader refuses to grade (SandboxError): it never runs submitted
+code as root.
 
 As another user than root (a local regrade), the student's code runs as that user: only the time,
 memory, file-size and output limits hold, and a child is killed with its process group alone.
 
 What the children leave is read, shown and removed by course/untrusted.py.
 """
-import ctypes
 import errno
 import fcntl
 import os
@@ -30,18 +31,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from course import confine
 from course.child import DRAIN_SECONDS, Clock, Outcome, Pipes
 from course.settings import LIMITS
 from course.untrusted import remove
 
 CLAIMED_UIDS = range(40000, 60000)  # inside what a container's user namespace usually maps (0 to 65535)
 LOCKS = Path(tempfile.gettempdir()) / "autograder-uids"  # root's alone; <uid>.lock held while a grading uses it
-WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # where any user may write outside the work folder
-PR_SET_NO_NEW_PRIVS = 38
+# Where any user may write outside the work folder, where the children cannot be given a read-only view
+# (confine.private_mounts): counted against the disk bound, and emptied of the user's files.
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 # Run as the sandbox user by the grader's Python: it must import torch and read the MNIST folder, and
-# must not read the grading's secret (the references, which compute the answer): exit 4 if it can.
-CAN_RUN = """import os, sys
+# must not read the grading's secret (the references, which compute the answer): exit 4 if it can; nor
+# open an internet socket: exit 5 if it can.
+CAN_RUN = """import os, socket, sys
 import torch
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    sys.exit(5)
+except PermissionError:
+    pass
 for name in sorted(os.listdir(sys.argv[1])):
     with open(os.path.join(sys.argv[1], name), "rb") as f:
         f.read(16)
@@ -61,12 +70,6 @@ class StillWriting(OSError):
     """A folder of the student's could not be emptied: its process keeps writing into it."""
 
 
-def _no_new_privileges():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-
-
 @dataclass
 class Sandbox:
     """Who runs the student's code, and under which limits."""
@@ -75,6 +78,8 @@ class Sandbox:
     threads: int = 1
     disk_mb: int = LIMITS.disk_mb
     processes: int = LIMITS.processes
+    network: str = None  # how the children are kept off the network: a key of confine.NETWORK_WAYS, or None
+    private_mounts: bool = False  # the children see every file system read-only but their work folder
     _lock: int = None  # the fd of the uid's lock file
 
     @property
@@ -92,18 +97,28 @@ class Sandbox:
                 can read the secret
         """
         box = Sandbox(None, memory_gb, threads, disk_mb, LIMITS.processes + LIMITS.processes_per_thread * threads)
+        box.network = confine.network_way()
         if os.geteuid() != 0:
             return box
+        if box.network is None:
+            raise SandboxError("neither a seccomp filter nor a network namespace can be set here, so the "
+                               "submission's code could reach the network; refusing to grade. Run the grader "
+                               "where seccomp filters are allowed (Docker's default profile allows them).")
+        with tempfile.TemporaryDirectory() as folder:
+            box.private_mounts = confine.can(lambda: confine.private_mounts(folder, LIMITS.shm_mb << 20))
         box.uid, box._lock = _claim_uid()
         raw = Path(data_dir) / "MNIST" / "raw"
         try:
             outcome = box.run([str(python), "-c", CAN_RUN, str(raw), str(secret)], "/", {"PATH": "/usr/bin:/bin"},
-                              LIMITS.can_run_seconds)
+                              LIMITS.can_run_seconds, writable=None)
             problem = "" if outcome.returncode == 0 else outcome.why(memory_gb)
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:  # the latter: what the child set up before exec failed
             outcome, problem = None, f"{type(e).__name__}: {e}"
         if problem:
             box.close()
+            if outcome is not None and outcome.returncode == 5:
+                raise SandboxError(f"the sandbox user (uid {box.uid}) can open an internet socket despite "
+                                   f"{box.network}; refusing to grade.")
             if outcome is not None and outcome.returncode == 4:
                 raise SandboxError(f"the sandbox user (uid {box.uid}) can read {secret}, which computes the answer; "
                                    "refusing to grade. Grade from the autograder zip's layout, as setup.sh sets it "
@@ -115,12 +130,16 @@ class Sandbox:
         return box
 
     def describe(self):
+        network = {"seccomp": "no internet sockets (a seccomp filter)", "netns": "no network (a namespace of its own)",
+                   None: "the network open"}[self.network]
         if self.uid is None:
-            return f"as this process's user (uid {os.geteuid()}), not in a sandbox: the grader is not root"
-        return f"as uid {self.uid}, a user of its own for this grading, with no privileges"
+            return f"as this process's user (uid {os.geteuid()}), not in a sandbox: the grader is not root; {network}"
+        mounts = "writing only its work folder" if self.private_mounts else "writing its work folder and /tmp's like"
+        return f"as uid {self.uid}, a user of its own for this grading, with no privileges, {mounts}; {network}"
 
-    def _preexec(self):
-        """What the child does after fork, before it runs the student's code."""
+    def _preexec(self, writable):
+        """What the child does after fork, before it runs the student's code; `writable`: the only folder it
+        may write into (with private_mounts), or None."""
         memory, uid = int(self.memory_gb * (1 << 30)), self.uid
 
         def apply():
@@ -128,25 +147,34 @@ class Sandbox:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             resource.setrlimit(resource.RLIMIT_FSIZE, (LIMITS.file_mb << 20, LIMITS.file_mb << 20))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))  # no POSIX message queue, which would outlive it
             if uid is not None:
                 resource.setrlimit(resource.RLIMIT_NPROC, (self.processes, self.processes))
+                if self.private_mounts:
+                    confine.private_mounts(writable, LIMITS.shm_mb << 20)
+                if self.network == "netns":
+                    confine.network_namespace()
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
-            _no_new_privileges()
+            confine.no_new_privileges()
+            if self.network == "seccomp":
+                confine.seccomp_network_filter()
 
         return apply
 
-    def run(self, argv, cwd, env, timeout, progress=None):
+    def run(self, argv, cwd, env, timeout, progress=None, writable=""):
         """Run argv in cwd as the sandbox user; stop it at `timeout` s or at a limit, then kill what it left.
 
-        progress: (count, step, startup) or None: count() is how many steps the child has finished;
-            it is stopped once `step` s pass without a new one (`startup` s before the first)
+        progress: (count, step, startup) or None: count() is how far the child has come (a number that grows);
+            it is stopped once `step` s pass without growth (`startup` s before the first)
+        writable: the only folder the child may write into, where the sandbox has private mounts: cwd if "",
+            none if None
         """
         began = time.monotonic()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                                preexec_fn=self._preexec())
+                                preexec_fn=self._preexec(cwd if writable == "" else writable))
         pipes = Pipes(proc)
         stopped, timed_out = "", False
         try:
@@ -187,6 +215,8 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
         self.kill_all()
+        if self.uid is not None:
+            confine.remove_ipc(self.uid, self.gid)
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
@@ -252,10 +282,15 @@ class Sandbox:
                     todo.append(Path(entry.path))
         return found
 
+    @property
+    def shared_folders(self):
+        """The folders outside its work folder where the sandbox user may write."""
+        return () if self.private_mounts else WORLD_WRITABLE
+
     def disk_use(self, workdir):
         """(bytes on disk, count) of every file and folder of the sandbox user (the work folder and the shared
         temporary ones); the count stops past LIMITS.files."""
-        owned, total = self._owned([workdir, *WORLD_WRITABLE]), 0
+        owned, total = self._owned([workdir, *self.shared_folders]), 0
         for path in owned:
             try:
                 total += os.lstat(path).st_blocks * 512
@@ -281,7 +316,9 @@ class Sandbox:
         """Kill what is left of the user, delete its files outside the work folder, and free the uid."""
         if self.uid is not None:
             self.kill_all()
-            for path in self._owned(WORLD_WRITABLE, limit=float("inf")):
+            confine.remove_ipc(self.uid, self.gid)
+            # As many as the files limit lets a child leave before it is stopped: the cleanup is bounded too.
+            for path in self._owned(self.shared_folders):
                 remove(path)
         if self._lock is not None:
             os.close(self._lock)

@@ -116,6 +116,8 @@ class Limits:
                                         "adds about 1.5", "--memory-gb")
     file_mb: int = limit(512, "MB", "the largest file a child may write (a checkpoint is under 10 MB)")
     disk_mb: int = limit(1024, "MB", "all the files of the sandbox user together")
+    shm_mb: int = limit(64, "MB", "each child's own /dev/shm (POSIX semaphores and shared memory), a tmpfs gone with "
+                                  "it, where the sandbox has private mounts")
     files: int = limit(100_000, "", "files and folders of the sandbox user (a checkpoint run leaves a few dozen)")
     processes: int = limit(64, "", "processes and threads of the sandbox user, and processes_per_thread more "
                                    "for each CPU thread it is given")

@@ -77,9 +77,12 @@ while True:
 '''
 BIG_FILES = '''
 import os as _os
-for _i in range(12):  # 1.2 GB of allocated blocks, half here and half in the shared /tmp
+for _i in range(12):  # 1.2 GB of allocated blocks, half here and half in the shared /tmp where it may write
     _path = f"home/big-{_i}" if _i % 2 else f"/tmp/big-{_os.getuid()}-{_i}"
-    _fd = _os.open(_path, _os.O_CREAT | _os.O_WRONLY)
+    try:
+        _fd = _os.open(_path, _os.O_CREAT | _os.O_WRONLY)
+    except OSError:  # a read-only /tmp (the sandbox's private mounts)
+        _fd = _os.open(f"home/big-{_i}", _os.O_CREAT | _os.O_WRONLY)
     _os.posix_fallocate(_fd, 0, 100 << 20)
     _os.close(_fd)
 '''
@@ -273,7 +276,7 @@ def test_the_sandbox_user_cannot_enter_another_gradings_folder_or_signal_its_pro
     folder_b = b.make_workdir({"codebase/models/gmvae.py": b"secret"}, autograder.WRITABLE)
     try:
         assert a.uid != b.uid
-        sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=b._preexec(), cwd=folder_b)
+        sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=b._preexec(folder_b), cwd=folder_b)
         probe = f'''
 import os, signal
 for what, do in [("read", lambda: open({str(folder_b / "codebase/models/gmvae.py")!r}).read()),

@@ -1,0 +1,98 @@
+"""What course/confine.py keeps from a child of the student's code, each tried through Sandbox.run with a
+small child: the network, System V objects that outlive it, and the machine's world-writable folders.
+As root, as on Gradescope (and CI); each starts the sandbox, so they run only with --full.
+"""
+import os
+import socket
+
+import pytest
+
+from course import confine
+from course.sandbox import WORLD_WRITABLE, Sandbox
+from course.untrusted import remove
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def box(grader_python, mnist_dir):
+    box = Sandbox.open(grader_python, mnist_dir)
+    workdir = box.make_workdir({"x.txt": b"x"}, ["home"])
+    yield box, workdir
+    box.close()
+    remove(workdir)
+
+
+def run(box, workdir, python, code):
+    outcome = box.run([python, "-c", code], workdir, {"PATH": "/usr/bin:/bin"}, 60)
+    assert outcome.returncode == 0, outcome.err.text()
+    return outcome.out.text().splitlines()
+
+
+def test_a_child_opens_no_internet_socket_but_unix_ones_work(box, grader_python):
+    box, workdir = box
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    code = f'''
+import os
+import socket
+for family in ("AF_INET", "AF_INET6"):
+    try:
+        socket.socket(getattr(socket, family), socket.SOCK_STREAM)
+        print(family, "opened")
+    except OSError as e:
+        print(family, type(e).__name__)
+try:
+    socket.create_connection(("127.0.0.1", {listener.getsockname()[1]}), timeout=5)
+    print("connected")
+except OSError as e:
+    print("connect", type(e).__name__)
+a, b = socket.socketpair(socket.AF_UNIX)
+a.sendall(b"unix")
+print(b.recv(4).decode())
+'''
+    try:
+        lines = run(box, workdir, grader_python, code)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing ever reached it
+    finally:
+        listener.close()
+    assert lines == ["AF_INET PermissionError", "AF_INET6 PermissionError", "connect PermissionError", "unix"]
+    assert "no internet sockets" in box.describe() or "no network" in box.describe()
+
+
+def test_system_v_objects_a_child_leaves_are_removed_when_it_ends(box, grader_python):
+    box, workdir = box
+    code = '''
+import ctypes
+libc = ctypes.CDLL(None)
+print(libc.shmget(0, 4096, 0o1600) >= 0, libc.semget(0, 1, 0o1600) >= 0, libc.msgget(0, 0o1600) >= 0)
+'''
+    assert run(box, workdir, grader_python, code) == ["True True True"]  # IPC_PRIVATE, IPC_CREAT | 0600: made
+    assert confine.ipc_objects(box.uid) == []
+
+
+def test_the_child_writes_nowhere_outside_its_work_folder_or_what_it_writes_is_counted_and_removed(
+        box, grader_python):
+    box, workdir = box
+    code = '''
+import os
+for folder in ("/var/tmp", "/run/lock", "/tmp", "home"):
+    try:
+        with open(os.path.join(folder, f"left-{os.getuid()}"), "wb") as f:
+            f.write(b"x" * 100000)
+        print(folder, "written")
+    except OSError as e:
+        print(folder, type(e).__name__)
+'''
+    lines = run(box, workdir, grader_python, code)
+    assert lines[-1] == "home written"
+    left = [f"{folder}/left-{box.uid}" for folder in WORLD_WRITABLE]
+    if box.private_mounts:  # where the container allows a mount namespace (measured: this project's VM does)
+        assert not [line for line in lines[:-1] if line.endswith("written")], lines
+    else:
+        assert box.disk_use(workdir)[0] >= 3 * 100000  # counted against the disk bound
+        box.close()
+        assert not [path for path in left if os.path.lexists(path)]
