@@ -51,10 +51,12 @@ for folder in "$SOURCE"/data "$SOURCE"/data/MNIST; do chmod 755 "$folder"; done
 import sys
 from course.sandbox import Sandbox, SandboxError
 try:
-    Sandbox.open(sys.argv[1], sys.argv[2], sys.argv[3]).close()
+    box = Sandbox.open(sys.argv[1], sys.argv[2], sys.argv[3])
+    box.close()
 except SandboxError as e:
     sys.exit(f"setup.sh: {e}")
 print("setup.sh: the sandbox user can run the grader'"'"'s Python with torch and read MNIST, not the references")
+print(f"setup.sh: the student'"'"'s code runs {box.describe()} (each grading measures this again)")
 ' "$VENV/bin/python" "$SOURCE/data" "$SOURCE/codebase/check/references.py"
 "$VENV/bin/python" -c 'import torch; print(f"setup.sh: torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}")'
 du -sh "$VENV" | sed 's/^/setup.sh: venv size /'
