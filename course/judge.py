@@ -4,18 +4,22 @@ submission: it runs from the grading code's own folder, whose codebase/ is the s
     python -m course.judge --seed SEED --probe FOLDER --checks NAME... [--checkpoint FILE --data-dir DIR] --out FILE
 
 - The checks: each result file that the sandboxed probe wrote (FOLDER/<name>.pt, copied there by the
-  grader) is loaded with weights_only=True and judged against the references, computed afresh for
-  this grading's seed (codebase.check.references, which the sandbox user cannot read).
+  grader) is loaded with weights_only=True, its sizes checked first (load), and judged against the
+  references, computed afresh for this grading's seed (codebase.check.references, which the sandbox
+  user cannot read).
 - The training: the run's final checkpoint is loaded the same way; its model's keys, shapes and dtypes
   must be the starter GMVAE's. NELBO, KL and Rec are computed with the reference bound on the course's
   100-image subset, as the course evaluates (binarised once with seed 0, 100 evaluations averaged),
   and the 10 x 20 grid is drawn from those weights.
-The verdicts and figures go to FILE as JSON, the grid beside it as a PNG.
+The verdicts and figures go to FILE as JSON, the grid beside it as a PNG. The judge runs under the
+children's address-space limit (LIMITS.memory_gb), so that no file can make it take the machine's memory.
 """
 import argparse
 import json
 import math
+import resource
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,8 +32,81 @@ from codebase.data import load_mnist
 from codebase.evaluate import SUBSET_REPEATS, eval_subset, sample_binary
 from codebase.models import GMVAE
 from codebase.runtime.files import write_png_grid
+from course.settings import LIMITS
 
 REPEATS_AT_ONCE = 10  # subset evaluations per pass: bounds the judge's memory
+MAX_OBJECTS = 100_000  # in one loaded file: a probe's results hold a few dozen, a checkpoint a few hundred
+
+
+class Unusable(ValueError):
+    """A file that a child wrote cannot be loaded safely: why, in a few words (the submission's fault)."""
+
+
+def limit_memory(gb=LIMITS.memory_gb):
+    """Bound this process's address space as the sandbox bounds the student's children: whatever a file
+    from a child makes the judge allocate past the checks of load() fails as a MemoryError or a
+    RuntimeError of that file, which is the submission's, instead of the container's out-of-memory kill,
+    which would read as the grader's."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = int(gb * (1 << 30))
+    cap = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def load(path):
+    """A file of torch.save's that a child wrote, loaded as weights only, with its size bounded by the
+    file's own before any tensor of it is computed with.
+
+    Only uncompressed members are accepted, as torch.save writes them: a compressed one unpacks to up to
+    a thousand times its size while loading. After loading, no tensor may claim more values than its
+    storage holds (an expanded view of one zero can claim billions, which any elementwise operation
+    would then make real), and all storages together fit in the file.
+
+    Raises:
+        Unusable: why not
+    """
+    size = Path(path).stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except Exception:
+        raise Unusable("it is not a file that torch.save writes") from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1 or info.compress_size != info.file_size:
+            raise Unusable("it holds a compressed or encrypted member, which torch.save never writes")
+    if sum(info.file_size for info in infos) > size:
+        raise Unusable("its members add up to more than the file")
+    try:
+        found = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise Unusable(f"it cannot be loaded as weights ({type(e).__name__})") from None
+    _check_sizes(found, size)
+    return found
+
+
+def _check_sizes(found, size):
+    """Raise Unusable unless every tensor in `found` is dense and strided, and their storages fit in `size`
+    bytes; reads only the tensors' metadata, and walks nested containers without recursion."""
+    todo, storages, count = [found], {}, 0
+    while todo:
+        value = todo.pop()
+        count += 1
+        if count > MAX_OBJECTS:
+            raise Unusable(f"it holds more than {MAX_OBJECTS:,} objects")
+        if isinstance(value, dict):
+            todo += [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            todo += list(value)
+        elif isinstance(value, torch.Tensor):
+            if value.layout != torch.strided or value.is_quantized or value.is_nested:
+                raise Unusable(f"it holds a tensor of layout {value.layout}, which the probe never writes")
+            storage = value.untyped_storage()
+            if value.numel() * value.element_size() > storage.nbytes():
+                raise Unusable(f"it holds a tensor of shape {tuple(value.shape)} that claims more values than its "
+                               f"data holds ({storage.nbytes():,} bytes)")
+            storages[storage.data_ptr()] = storage.nbytes()
+    if sum(storages.values()) > size:
+        raise Unusable("its tensors hold more data than the file")
 
 
 def judge_checks(seed, names, folder):
@@ -41,9 +118,9 @@ def judge_checks(seed, names, folder):
         if not path.is_file():
             continue  # it never ran: the grader says why
         try:
-            found = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as e:
-            found = {"error": {"type": "unreadable", "message": f"its results cannot be read ({type(e).__name__})"}}
+            found = load(path)
+        except Unusable as e:
+            found = {"error": {"type": "unreadable", "message": f"its results cannot be read: {e}"}}
         v = judge.verdict(check, found, references.expected(check, seed), failed)
         if not v.passed:
             failed.append(check.name)
@@ -54,9 +131,9 @@ def judge_checks(seed, names, folder):
 def trained_state(path):
     """The model's parameters from a checkpoint, as {name: float32 tensor}; or why they cannot be used."""
     try:
-        saved = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:
-        return None, f"the checkpoint cannot be loaded as weights ({type(e).__name__})"
+        saved = load(path)
+    except Unusable as e:
+        return None, f"the checkpoint cannot be used: {e}"
     state = saved.get("model") if isinstance(saved, dict) else None
     if not isinstance(state, dict):
         return None, "the checkpoint holds no model weights"
@@ -130,6 +207,7 @@ def main(argv=None):
     p.add_argument("--data-dir", dest="data_dir", help="MNIST")
     p.add_argument("--out", required=True, help="the verdicts and figures, as JSON")
     args = p.parse_args(argv)
+    limit_memory()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     for name in args.checks:
         by_name(name)  # an unknown name is the grader's mistake: fail loudly

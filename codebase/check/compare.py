@@ -31,6 +31,12 @@ def fmt_num(x):
     return f"{x:.4e}" if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3) else f"{x:.4f}"
 
 
+def held(t):
+    """Whether the tensor t holds every value it claims: an expanded view of one zero claims billions, which
+    an elementwise operation (isfinite, abs) would make real. Reads only its metadata."""
+    return t.layout == torch.strided and t.numel() * t.element_size() <= t.untyped_storage().nbytes()
+
+
 def fmt_shape(t):
     return f"({', '.join(map(str, t.shape))}{',' if t.dim() == 1 else ''})"
 
@@ -125,6 +131,10 @@ def judge_grads(value, record, spec):
         if not isinstance(g, torch.Tensor):
             fail(f"a gradient with respect to {name}", "none",
                  f"{name} does not reach the result through torch operations")
+        if not held(g):  # before anything computes with it
+            fail(f"a gradient with respect to {name} as autograd returns it",
+                 f"a view of shape {fmt_shape(g)} over {g.untyped_storage().nbytes():,} bytes",
+                 "these results were not written by the self-check's probe")
         if not torch.isfinite(g).all():
             fail(f"finite gradients with respect to {name}", "nan or inf", spec["nonfinite"])
         if spec.get("nonzero") and not (g.abs() > 0).all():
