@@ -52,8 +52,8 @@ from course.untrusted import remove
 TEMPLATES = ROOT / "course" / "gradescope"
 # The grading code, which the zip holds beside the starter; the references the judge computes with.
 GRADER_FILES = tuple(f"course/{name}" for name in (
-    "__init__.py", "autograder.py", "batch.py", "child.py", "collect.py", "judge.py", "options.py", "report.py",
-    "runs.py", "sandbox.py", "scoring.py", "settings.py", "untrusted.py", "gradescope/requirements.txt"))
+    "__init__.py", "autograder.py", "batch.py", "child.py", "collect.py", "confine.py", "judge.py", "options.py",
+    "report.py", "runs.py", "sandbox.py", "scoring.py", "settings.py", "untrusted.py", "gradescope/requirements.txt"))
 REFERENCES = "codebase/check/references.py"
 # Hashed before and after the student's code runs: the grading code and the project modules it reads.
 HASHED_FILES = GRADER_FILES + (REFERENCES, "codebase/config.py") + tuple(f"codebase/check/{name}.py" for name in (
