@@ -1,19 +1,29 @@
 """Regrading a folder of submissions (python -m course.autograder batch FOLDER --out summary.csv): each
 submission by a grader process of its own, one thread each, several at once; each grading runs its
 children under a user id of its own.
+
+One student's code must not read another's submission or results. Every process's command line is
+visible in /proc to the sandbox user, so nothing named on one may be readable by it: each submission is
+copied into a folder of root's alone and graded from there, the per-student results folder is root's
+alone, and as root a FOLDER that other users can reach is refused (it is named on batch's own command line).
 """
 import concurrent.futures
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from codebase.runtime.cpus import usable_cpus
 from course import report
-from course.collect import ROOT, submissions_in
+from course.collect import IGNORED_PARTS, ROOT, submissions_in
 from course.options import DEFAULTS, option_argv
 from course.settings import worst_case_seconds
+from course.untrusted import shown
 
 
 def batch(folder, out, options=DEFAULTS, jobs=None, log=print):
@@ -26,34 +36,100 @@ def batch(folder, out, options=DEFAULTS, jobs=None, log=print):
         rows: [(name, results.json as a dict or None, the grader's problem or "")]
     """
     out = Path(out)
+    if os.geteuid() == 0 and reachable_by_others(folder):
+        raise SystemExit(f"error: other users can reach {shown(folder)} (every folder on its path is searchable by "
+                         "all), so one student's code could read the other submissions there: make it, or a folder "
+                         "above it, root's alone (chmod 700) and batch again")
     entries = submissions_in(folder)
     if not entries:
         raise SystemExit(f"error: no submissions (folders or zips) in {folder}")
     per_student = out.with_suffix("")
     per_student.mkdir(parents=True, exist_ok=True)
+    os.chmod(per_student, 0o700)  # a grading's results are no other grading's to read
     flags = option_argv(replace(options, threads=1))
     limit = worst_case_seconds(options.train_seconds)
     rows = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or usable_cpus()) as pool:
-        futures = {pool.submit(grade_one, path, per_student / f"{name}.json", flags, limit): name
-                   for name, path in entries.items()}
-        for i, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-            name, (results, problem) = futures[future], future.result()
-            log(f"[{i}/{len(entries)}] {name}: {results['score'] if results else 'ERROR ' + problem}")
-            rows.append((name, results, problem))
+    copies = Path(tempfile.mkdtemp(prefix="autograder-batch-"))  # root's alone: 0700
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or usable_cpus()) as pool:
+            futures = {pool.submit(grade_one, path, per_student / f"{name}.json", flags, limit, copies): name
+                       for name, path in entries.items()}
+            for i, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                name, (results, problem) = futures[future], future.result()
+                log(f"[{i}/{len(entries)}] {name}: {results['score'] if results else 'ERROR ' + problem}")
+                rows.append((name, results, problem))
+    finally:
+        remove_copies(copies)
     report.write_summary(out, rows)
     log(f"Wrote {out} ({len(rows)} submissions) and one results.json each in {per_student}/.")
     return rows
 
 
-def grade_one(path, target, flags, limit):
-    """Grade the submission `path` into `target` by a grader process, stopped past `limit` s.
+def reachable_by_others(path):
+    """Whether a user who owns nothing on the path and has no groups, as the sandbox's, can reach `path`:
+    every folder from / down to it searchable by all (its names can be guessed, or listed)."""
+    path = Path(path).resolve()
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def private_copy(path, copies):
+    """A copy of the submission `path` (a folder or a zip) under its own name, in a new folder inside
+    `copies`, of root's alone. Of a folder, only its folders and regular files are copied, without
+    following a link: all that collect() would take from it."""
+    folder = Path(tempfile.mkdtemp(dir=copies))
+    copy = folder / path.name
+    if not path.is_dir():
+        shutil.copyfile(path, copy, follow_symlinks=False)
+        return copy
+    todo = [(path, copy)]
+    while todo:  # without recursion (as shutil.copytree would): a submission's folders may go thousands deep
+        source, dest = todo.pop()
+        dest.mkdir(mode=0o700)
+        for entry in os.scandir(source):
+            if entry.name in IGNORED_PARTS:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                todo.append((Path(entry.path), dest / entry.name))
+            elif entry.is_file(follow_symlinks=False):
+                shutil.copyfile(entry.path, dest / entry.name, follow_symlinks=False)
+    return copy
+
+
+def remove_copies(top):
+    """Remove a tree of private_copy's (folders and regular files, root's), without recursion."""
+    folders, todo = [], [str(top)]
+    while todo:
+        folder = todo.pop()
+        folders.append(folder)
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    for folder in reversed(folders):
+        os.rmdir(folder)
+
+
+def grade_one(path, target, flags, limit, copies):
+    """Grade a private copy (in `copies`) of the submission `path` into `target` by a grader process,
+    stopped past `limit` s; the copy is removed after.
 
     Returns:
         results: its results.json as a dict, or None
         problem: str: why the grader failed, or ""
     """
     target.unlink(missing_ok=True)  # an earlier batch's file must not pass for this grading's
+    try:
+        copy = private_copy(path, copies)
+    except OSError as e:
+        return None, f"the submission cannot be copied: {shown(e)}"
+    try:
+        return _graded(copy, target, flags, limit)
+    finally:
+        remove_copies(copy.parent)
+
+
+def _graded(path, target, flags, limit):
     argv = [sys.executable, "-m", "course.autograder", "grade", str(path), "--out", str(target), *flags]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
