@@ -26,9 +26,9 @@ def write(folder, files):
     return folder
 
 
-def export(folder):
+def export(folder, depth=100):
     """A folder of submissions: alice's as a folder (with a link, a FIFO and a deep tree), bob's as a zip."""
-    deep = "/".join(["d"] * 200)
+    deep = "/".join(["d"] * depth)
     write(folder, {"alice/codebase/utils.py": "a = 1\n", f"alice/{deep}/gmvae.py": "b = 2\n"})
     (folder / "alice" / "link.py").symlink_to("/etc/passwd")
     os.mkfifo(folder / "alice" / "fifo")
@@ -79,7 +79,7 @@ def test_only_a_folder_every_user_can_search_down_to_counts_as_reachable(tmp_pat
 def test_as_root_a_folder_other_users_can_reach_is_refused(monkeypatch):
     shared = Path(tempfile.mkdtemp())
     try:
-        export(shared)
+        export(shared, depth=1)
         shared.chmod(0o755)
         monkeypatch.setattr(batch_module.os, "geteuid", lambda: 0)
         monkeypatch.setattr(batch_module, "_graded", lambda *a: pytest.fail("graded from a folder others can reach"))
