@@ -1,11 +1,13 @@
 """The one configuration object. Its defaults are the graded setting."""
-from dataclasses import asdict, dataclass
+import shlex
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 MODELS = ("gmvae", "vae")
 GRID_ROWS, GRID_COLS = 10, 20  # the sample grids: 200 draws from p(x), as Problem 3.3 asks
 SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
 TRAINING_CURVE = "training_curve.png"  # logs/<run>/: NELBO, KL and Rec against the iteration
+STOPPED = "stopped.json"  # logs/<run>/: why the run's last attempt stopped before its end, for check --results
 
 
 @dataclass(frozen=True)
@@ -17,11 +19,13 @@ class Config:
     iter_save: int = 10000  # checkpoint every this many steps (and at the end)
     run: int = 0  # run number, part of the run's name
     train: bool = True  # False: load the checkpoint at iter_max and evaluate it
+    check: bool = True  # run the self-check's checks of the model's functions before training
     seed: int = 0  # training seed: initial weights, shuffling, binarisation, z ~ q(z|x)
     iwae: bool = False  # also evaluate the IWAE-1, -10, -100 and -1000 bounds
     device: str = "auto"  # auto, cpu, cuda or mps
     threads: int = 0  # CPU threads for torch; 0: $OMP_NUM_THREADS, else the CPUs this process may use
     cuda_graph: bool = False  # on CUDA, replay the training step as one CUDA graph
+    compile: str = "auto"  # torch.compile the training step: auto (long runs, where it works), on or off
     data_dir: str = "data"
     resume: bool = False  # continue the run from its newest checkpoint
     overwrite: bool = False  # start the run afresh, deleting its checkpoints
@@ -59,3 +63,28 @@ class Config:
 
     def as_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved):
+        """The Config of a run's saved settings (results.json, stopped.json); keys it does not know are left out."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in names})
+
+    def command(self, *extra):
+        """The run script's command line for this config: the flags that differ from the defaults, then `extra`,
+        so that advice repeats the student's own flags (--run, --data-dir, ...)."""
+        given = []
+        for name in REPEATED:
+            value, default = getattr(self, name), getattr(Config, name)
+            if value != default and (name != "k" or self.model == "gmvae"):
+                flag = "--" + (name.replace("_", "-") if name in ("data_dir", "cuda_graph") else name)
+                if isinstance(value, bool):
+                    given.append("--no-check" if name == "check" else flag)
+                else:
+                    given.append(f"{flag} {shlex.quote(str(value))}")
+        return " ".join(["python", f"run_{self.model}.py", *given, *extra])
+
+
+# The run scripts' flags that Config.command repeats; the others (--resume, --overwrite, --train) are the
+# advice's own.
+REPEATED = ("z", "k", "iter_max", "run", "seed", "iwae", "check", "device", "threads", "cuda_graph", "data_dir")

@@ -114,3 +114,8 @@ def sample_binary(model, n, device, seed=0):
     """
     generator = torch.Generator(device=device).manual_seed(seed)
     return model.sample_x(n, generator).cpu()
+
+
+if __name__ == "__main__":  # python -m codebase.evaluate would otherwise do nothing, silently
+    raise SystemExit("codebase/evaluate.py is a part of the run scripts, not a command: run python run_gmvae.py "
+                     "(python run_gmvae.py --help lists its flags).")

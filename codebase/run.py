@@ -7,25 +7,36 @@ exit status (exit_code).
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from codebase.check.figures import TERM_LABELS, accepted_range
-from codebase.check.preflight import preflight
-from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, TRAINING_CURVE, Config
+from codebase.check.calls import error_record, where
+from codebase.check.figures import MODEL_LABELS, TERM_LABELS, accepted_range
+from codebase.check.preflight import UnfinishedCode, preflight
+from codebase.check.runner import failures
+from codebase.config import GRID_COLS, GRID_ROWS, SAMPLES, STOPPED, TRAINING_CURVE, Config
 from codebase.data import load_mnist
 from codebase.evaluate import IWAE_KS, evaluate, sample_binary, sample_means
 from codebase.models import make_model
 from codebase.runtime import checkpoint
+from codebase.runtime.compiled import MODES as COMPILE_MODES
 from codebase.runtime.device import DEVICES, cpu_threads, describe, select_device
 from codebase.runtime.errors import UserError, first_line
 from codebase.runtime.files import check_writable, write_json, write_png_grid
-from codebase.runtime.metrics import read_metrics, write_training_curve
-from codebase.train import MAX_SEED, make_optimizer, train, training_generator
+from codebase.runtime.metrics import ImpossibleFigures, NonFiniteLoss, read_metrics, write_training_curve
+from codebase.train import MAX_SEED, StepFailed, make_optimizer, train, training_generator
+
+PROJECT = Path(__file__).resolve().parents[1]  # the folder of run_gmvae.py
 
 
 class FlagError(UserError):
     """Flags that contradict each other or the run's checkpoint; the message says which."""
+
+
+class CodeError(UserError):
+    """The model's code failed a check before training, or raised an error during it; the message says
+    where, and what to do next."""
 
 
 def int_in(low, high=None):
@@ -58,6 +69,9 @@ def build_parser(model):
     p.add_argument("--train", type=int, choices=(0, 1), default=int(d.train),
                    help="1: train; 0: load the checkpoint at --iter_max and evaluate it")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=d.seed, help=f"training seed, 0 to {MAX_SEED}")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="train even if the self-check's checks of the model's functions fail (they run first, "
+                        "in a few seconds, and stop the run if one fails)")
     p.add_argument("--iwae", action="store_true", help="also report the IWAE-1/10/100/1000 bounds")
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: cuda, then mps, then cpu")
     p.add_argument("--threads", type=int_in(1), default=argparse.SUPPRESS,
@@ -65,11 +79,15 @@ def build_parser(model):
                         "give each of several runs at once an equal share of the cores")
     p.add_argument("--cuda-graph", dest="cuda_graph", action="store_true",
                    help="on a CUDA GPU, replay the training step as one CUDA graph")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
+                   help="torch.compile the training step: auto where a compiler works and the run repays the "
+                        "half minute it takes; on: compile or stop saying why; off: the eager step")
     p.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="where MNIST is cached")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue this run from its newest checkpoint")
     start.add_argument("--overwrite", action="store_true",
-                       help="start this run afresh, deleting its checkpoints (model-*.pt)")
+                       help="start this run afresh: its checkpoints (model-*.pt) are deleted, and its figures, "
+                            "grids and curve in logs/ are replaced")
     return p
 
 
@@ -114,21 +132,63 @@ def run(config, log=say):
         raise FlagError(f"the seed must be an integer from 0 to {MAX_SEED}, not {config.seed}.")
     device = select_device(config.device)
     torch.set_num_threads(cpu_threads(config.threads))
-    preflight(make_model(config).to(device), device, config.iwae)  # a stub is named before any file is touched
-    if config.train:  # before any work: a read-only folder would otherwise fail at the first save
-        check_writable(config.log_dir)
-        check_writable(config.checkpoint_dir)
-    return _run(config, device, log)
+    if Path.cwd().resolve() != PROJECT and not Path(config.log_root).is_absolute():
+        log(f"Running from {Path.cwd()}, not from the project's folder {PROJECT}: logs/ and checkpoints/ are "
+            "written here, and python -m codebase.check works only from the project's folder.")
+    try:
+        preflight(make_model(config).to(device), device, config.iwae)  # a stub is named before any file is touched
+        if config.train and config.check:
+            _check_functions(config)
+        if config.train:  # before any work: a read-only folder would otherwise fail at the first save
+            check_writable(config.log_dir)
+            check_writable(config.checkpoint_dir)
+        return _run(config, device, log)
+    except (UserError, StepFailed) as e:
+        raise _stopped(config, e) from None
+
+
+def _check_functions(config):
+    """The self-check's checks of the bound and of what it builds on: wrong code stops in seconds, not
+    after twenty minutes of training."""
+    lines = failures(f"{MODEL_LABELS[config.model]}.negative_elbo_bound")
+    if lines:
+        raise CodeError("the self-check finds a mistake in the functions this run needs, so it does not train:\n"
+                        + "\n".join(lines) + "\nFix it (python -m codebase.check runs every check), or train "
+                        f"anyway: {config.command('--no-check')}")
+
+
+def _stopped(config, error):
+    """The one-line error for a run that stopped before its end, recorded in logs/<run>/stopped.json for
+    python -m codebase.check --results (where that folder exists: a first try of a stub writes nothing)."""
+    iteration = getattr(error, "iteration", 0)
+    if isinstance(error, StepFailed):
+        record = error_record(error.__cause__)
+        located = f", {where(record)}" if where(record) else ""
+        kept = (f"the state before it is saved in {error.saved}: once the code is fixed, "
+                f"{config.command('--resume')} continues from there, or --overwrite starts afresh"
+                if error.saved else f"then run {config.command('--overwrite')}")
+        error = CodeError(f"training stopped at iteration {error.iteration}: your code raised "
+                          f"{first_line(error.__cause__)}{located}. Run python -m codebase.check to find the "
+                          f"mistake; {kept}.")
+    kind = {NonFiniteLoss: "nan", ImpossibleFigures: "impossible", CodeError: "code"}.get(type(error))
+    if kind is None and not isinstance(error, UnfinishedCode):
+        return error  # not the model's code: a flag, a file, a signal
+    if config.train and config.log_dir.is_dir():
+        write_json(config.log_dir / STOPPED, {"kind": kind or "unfinished", "message": str(error),
+                                              "iteration": iteration,
+                                              "config": config.as_dict()})
+    return error
 
 
 def _run(config, device, log):
     """run()'s work, once the flags and the model's functions are known to be sound."""
     torch.manual_seed(config.seed)  # the initial weights
     model = make_model(config).to(device)
+    report = {}  # train() says there how the step ran (--compile)
     if config.train:
         checkpoint.prepare_folder(config.checkpoint_dir, config.resume, config.overwrite)
         # The figures and pictures of an earlier run are not this one's: they go, and come back at its end.
-        for name in ("results.json", TRAINING_CURVE, *SAMPLES.values()):
+        for name in ("results.json", STOPPED, TRAINING_CURVE, *SAMPLES.values()):
             (config.log_dir / name).unlink(missing_ok=True)
         optimizer = make_optimizer(model, config, device)
         generator = training_generator(config, device)
@@ -138,7 +198,7 @@ def _run(config, device, log):
             log(f"Nothing to train: the newest checkpoint is at iteration {start} >= --iter_max.")
         else:
             data = (train_x.float() / 255).to(device)
-            seconds = train(model, optimizer, data, config, device, generator, start, seconds, log)
+            seconds = train(model, optimizer, data, config, device, generator, start, seconds, log, report)
         iterations = max(start, config.iter_max)
     else:
         state = checkpoint.load_model(model, checkpoint.path_for(config.checkpoint_dir, config.iter_max),
@@ -151,7 +211,7 @@ def _run(config, device, log):
     results.update(
         run=config.run_name, iterations=iterations, train_seconds=round(seconds, 2),
         eval_seconds=round(time.perf_counter() - began, 2), seed=config.seed, device=str(device),
-        device_name=describe(device),
+        device_name=describe(device), compile=report.get("compile"),
         threads=torch.get_num_threads(), torch=torch.__version__, config=config.as_dict())
     # The figures first: a folder that cannot be written must not cost them.
     log(f"NELBO: {results['nelbo']:.4f}. KL: {results['kl']:.4f}. Rec: {results['rec']:.4f}")

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from codebase.runtime import checkpoint
+from codebase.runtime import checkpoint, compiled
 from codebase.runtime.cuda_graph import GraphedStep
 from codebase.runtime.metrics import MetricsLog, progress_bar
 from codebase.runtime.signals import StopRequest
@@ -17,6 +17,15 @@ from codebase.runtime.signals import StopRequest
 # Seeds are 0 to MAX_SEED: epoch_order seeds with seed * 100_003 + epoch, and
 # checkpoint.restore_stream with seed * 2**32 + iteration, both below torch's limit of 2**64.
 MAX_SEED = 2**31 - 1
+
+
+class StepFailed(Exception):
+    """The model's code raised an error in training step `iteration` (the error is __cause__); the state
+    before that step was saved in `saved` (None if this session had made no step yet)."""
+
+    def __init__(self, iteration, saved):
+        super().__init__(f"training step {iteration} failed")
+        self.iteration, self.saved = iteration, saved
 
 
 def make_optimizer(model, config, device):
@@ -47,15 +56,27 @@ def epoch_order(seed, epoch, n, device):
     return torch.randperm(n, generator=generator).to(device)
 
 
-def make_step(model, optimizer, generator):
-    """One training step on a batch of gray levels, tensor: (batch, 784) in [0, 1]; it returns the
-    batch's nelbo, kl and rec before the update, tensor: (3,)."""
+def binarised_bound(model):
+    """bound(gray, generator) -> (nelbo, kl, rec), each tensor: (): the model's bound on a batch of gray
+    levels, tensor: (batch, 784) in [0, 1], binarised afresh; generator None: torch's default."""
 
-    def step(gray):
+    def bound(gray, generator):
         # x ~ Bernoulli(gray), drawn as a comparison with one uniform: four times faster than torch.bernoulli.
         x = (torch.rand(gray.shape, generator=generator, device=gray.device) < gray).to(gray.dtype)
+        return model.negative_elbo_bound(x, generator=generator)
+
+    return bound
+
+
+def make_step(model, optimizer, generator, bound=None):
+    """One training step on a batch of gray levels, tensor: (batch, 784) in [0, 1]; it returns the
+    batch's nelbo, kl and rec before the update, tensor: (3,). bound: binarised_bound(model) (the
+    default) or that compiled (codebase/runtime/compiled.py)."""
+    bound = bound or binarised_bound(model)
+
+    def step(gray):
         optimizer.zero_grad(set_to_none=True)
-        nelbo, kl, rec = model.negative_elbo_bound(x, generator=generator)
+        nelbo, kl, rec = bound(gray, generator)
         nelbo.backward()
         optimizer.step()
         return torch.stack((nelbo, kl, rec)).detach()
@@ -63,7 +84,7 @@ def make_step(model, optimizer, generator):
     return step
 
 
-def train(model, optimizer, data, config, device, generator, start=0, train_seconds=0.0, log=print):
+def train(model, optimizer, data, config, device, generator, start=0, train_seconds=0.0, log=print, report=None):
     """Train from iteration `start` to config.iter_max, saving checkpoints on the way.
 
     Args:
@@ -76,6 +97,8 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
         start: int: iterations already done (a resumed run)
         train_seconds: float: training time already spent before `start`
         log: callable: where messages go
+        report: dict or None: given, report["compile"] says how the step ran (--compile): its path
+            ("compiled" or "eager"), why, and the seconds compiling took
 
     Returns:
         train_seconds: float: total training time, earlier sessions included
@@ -83,11 +106,21 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
     Raises:
         Interrupted: on Ctrl-C, SIGTERM or SIGHUP, after saving a checkpoint
         NonFiniteLoss: if the loss stops being finite; no checkpoint is written after it
+        ImpossibleFigures: if a metrics row is one that no bound gives (NELBO <= 0, ...)
+        StepFailed: if a step raises an error, after saving the state before that step
+        CompileFailed: with --compile on, if the step cannot be compiled
     """
     n, batch = len(data), config.batch
     step = make_step(model, optimizer, generator)
     if graphed(config, device):
         step = GraphedStep(step, batch, data.size(1), device, log)
+    compiling, why = compiled.choose(config.compile, device, config.iter_max - start, config.cuda_graph, log)
+    if compiling:
+        step = compiled.CompiledStep(step, make_step(model, optimizer, generator,
+                                                     compiled.compiled_bound(binarised_bound(model))),
+                                     model, optimizer, generator, config.compile == "on", log, why)
+    if report is not None:
+        report["compile"] = step.report if compiling else {"path": "eager", "why": why, "compile_seconds": None}
     # A loss checked at each step on the CPU; on a GPU, where a check waits for the device, once a row.
     metrics = MetricsLog(config, start, device, log, every_step=device.type == "cpu")
     began = time.perf_counter()
@@ -98,7 +131,17 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
                 epoch, position = divmod(it - 1, n // batch)
                 if position == 0 or it == start + 1:
                     order = epoch_order(config.seed, epoch, n, device)
-                stats = step(data[order[position * batch:(position + 1) * batch]])
+                try:
+                    stats = step(data[order[position * batch:(position + 1) * batch]])
+                except compiled.CompileFailed:  # --compile on: the compiler's failure, not the student's
+                    raise
+                except Exception as e:  # the student's bound, mid-run: keep the steps made so far
+                    saved = None
+                    if it - 1 > start:  # the update comes last in a step, so the weights are still those of it - 1
+                        saved = checkpoint.path_for(config.checkpoint_dir, it - 1)
+                        checkpoint.save(saved, checkpoint.training_state(model, optimizer, generator, config,
+                                                                         it - 1, seconds()))
+                    raise StepFailed(it, saved) from e
                 stopping = stop.requested  # read once: a signal may come at any moment
                 row = metrics.add(it, stats, last=it == config.iter_max or stopping)
                 if row:  # refresh=False: the bar prints at its own pace (every 30 s into a log file)
@@ -113,3 +156,8 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
     finally:
         metrics.close()
     return seconds()
+
+
+if __name__ == "__main__":  # python -m codebase.train would otherwise do nothing, silently
+    raise SystemExit("codebase/train.py is a part of the run scripts, not a command: run python run_gmvae.py "
+                     "(python run_gmvae.py --help lists its flags).")

@@ -204,6 +204,8 @@ MISTAKES = {
     "mixture: mean over batch": ("log_normal_mixture", ut, "log_normal_mixture",
                                  lambda z, m, v: ut.log_mean_exp(components(z, m, v), 1).mean()),
     "mixture: shapes": ("log_normal_mixture", ut, "log_normal_mixture", mixture_3d),
+    "mixture: broadcast": ("log_normal_mixture", ut, "log_normal_mixture",
+                           lambda z, m, v: ut.log_mean_exp(ut.log_normal(z.unsqueeze(-1), m, v), 1)),
     "mixture: first row": ("log_normal_mixture", ut, "log_normal_mixture",
                            lambda z, m, v: ut.log_mean_exp(ut.log_normal(z.unsqueeze(1), m[0], v[0]), 1)),
     "mixture: unsqueeze": ("log_normal_mixture", ut, "log_normal_mixture",
@@ -280,6 +282,9 @@ MISTAKES = {
     "bound: encoder cut": (ELBO_V, VAE, ELBO, elbo(cut=lambda m, v, z: (m.detach(), v.detach(), z.detach()))),
     "bound: decoder cut": (IWAE_V, LatentModel, IWAE, iwae(log_w=lambda log_px, kl: log_px.detach() - kl)),
     "bound: z detached": (ELBO_G, GMVAE, ELBO, elbo(cut=lambda m, v, z: (m, v, z.detach()))),
+    "bound: z with v as sd": (ELBO_G, GMVAE, ELBO, elbo(cut=lambda m, v, z: (m, v, m + v * (z - m) / v.sqrt()))),
+    "GMVAE: log q with v as sd": (ELBO_G, GMVAE, ELBO, elbo(kl=lambda model, z, m, v: torch.distributions.Normal(
+        m, v).log_prob(z).sum(-1) - ut.log_normal_mixture(z, *model.prior()))),
     "GMVAE: prior cut": (ELBO_G, GMVAE, ELBO, gmvae_kl(lambda model, z: ut.log_normal_mixture(
         z, *(t.detach() for t in model.prior())))),
     "GMVAE: z_pre": (ELBO_G, GMVAE, "__init__", gmvae_init_reshaped),
@@ -512,6 +517,20 @@ def test_a_small_steady_bias_fails_and_says_which_term(bias, said, monkeypatch):
 
     monkeypatch.setattr(GMVAE, ELBO, biased)
     assert cause_of(check.verdict(CHECKS[ELBO_G]).line) == "not one of the usual mistakes: " + said
+
+
+def test_a_bound_of_pure_noise_fails_though_its_own_spread_is_wide(monkeypatch):
+    # Noise that no seed repeats, large enough that its own spread would excuse any mean, and a tiny
+    # multiple of every parameter so that every gradient is non-zero.
+    def noise(self, x, generator=None):
+        draw = [1e4 * (int.from_bytes(os.urandom(4), "little") / 2**31 - 1) for _ in range(2)]  # -1e4 to 1e4
+        touch = 1e-6 * sum(p.sum() for p in self.parameters())
+        kl, rec = 1 + draw[0] + touch, 1 + draw[1] + touch
+        return kl + rec, kl, rec
+
+    monkeypatch.setattr(GMVAE, ELBO, noise)
+    line = check.verdict(CHECKS[ELBO_G]).line
+    assert line.startswith(f"FAIL  {ELBO_G}: "), line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top to bottom. A unit is a module or a package (its modules may import each other freely).
 LAYERS = [
     ("entry points", ["run_gmvae", "run_vae", "course", "writeup", "benchmarks"]),
-    ("orchestration", ["codebase.run"]),
+    ("orchestration", ["codebase.run", "codebase.submit"]),
     ("training and evaluation", ["codebase.evaluate", "codebase.check"]),
     ("data and the loop", ["codebase.data", "codebase.train"]),
     ("models", ["codebase.models"]),

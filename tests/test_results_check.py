@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from codebase.check import runner as check
-from codebase.check.figures import accepted_range
+from codebase.check.figures import TRAINING_NELBO, accepted_range
+from codebase.check.results import SKIPPED
+from codebase.config import STOPPED, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,15 +89,18 @@ def test_python_m_codebase_check_results_gives_its_diagnosis(tmp_path):
     assert line.startswith("FAIL  results: GMVAE: expected NELBO ") and "; likely cause: " in line, line
 
 
-def test_the_newest_run_counts_and_a_short_or_changed_one_is_explained(tmp_path, capsys):
+def test_the_newest_run_counts_and_a_short_or_changed_one_is_not_judged(tmp_path, capsys):
     logs = tmp_path / "logs"
     write_results(logs, "model=gmvae_z=10_k=500_run=0001", 97.5, 17.6, mtime=1_000_000)
     newest = write_results(logs, "model=gmvae_z=10_k=500_run=0000", 112.0, 15.0, iterations=5000, mtime=2_000_000)
     write_results(logs, "model=vae_z=10_run=0000", 90.0, 20.0, z=2)
-    assert check.main(["--results", "--logs", str(logs)]) == 1
-    found, _ = verdicts(capsys)
-    assert str(newest) in found["GMVAE"][1] and "trained 5000 iterations" in found["GMVAE"][1]
-    assert "below the range" in found["VAE"][1] and "the run used z=2" in found["VAE"][1]
+    assert check.main(["--results", "--logs", str(logs)]) == SKIPPED
+    found, last = verdicts(capsys)
+    assert found["GMVAE"][0] == "SKIP" and str(newest) in found["GMVAE"][1]
+    assert found["GMVAE"][1].startswith("too short to judge: NELBO 112.00 after 5000 iterations")
+    assert "about 104" in found["GMVAE"][1] and found["GMVAE"][1].endswith("python run_gmvae.py --overwrite")
+    assert found["VAE"][0] == "SKIP" and "the run used z=2" in found["VAE"][1]
+    assert last == "0 passed, 0 failed, 2 not judged (not the graded setting)"
 
     os.utime(logs / "model=gmvae_z=10_k=500_run=0001" / "results.json", (3_000_000, 3_000_000))
     vae = logs / "model=vae_z=10_run=0000" / "results.json"
@@ -102,8 +109,48 @@ def test_the_newest_run_counts_and_a_short_or_changed_one_is_explained(tmp_path,
     assert verdicts(capsys)[1] == "2 passed, 0 failed"
 
 
+@pytest.mark.parametrize("nelbo, kl, iterations, said", [
+    (11863.56, 40.0, 1000, "far above what a correct bound gives after 1000 iterations (about 120 at 1000"),
+    (-1.7e16, -1.7e16 - 150, 1000, "no negative ELBO gives that"),
+    (float("nan"), 17.0, 20000, "expected a finite NELBO"),
+    (150.0, -20.0, 2000, "KL -20.00"),
+])
+def test_figures_no_correct_bound_gives_fail_before_any_talk_of_iterations(tmp_path, capsys, nelbo, kl, iterations,
+                                                                           said):
+    logs = tmp_path / "logs"
+    write_results(logs, "model=gmvae_z=10_k=500_run=0003", nelbo, kl, iterations=iterations)
+    assert check.main(["--results", "--logs", str(logs), "--only", "GMVAE"]) == 1
+    status, rest = verdicts(capsys)[0]["GMVAE"]
+    assert status == "FAIL" and said in rest, rest
+    assert "python -m codebase.check --only GMVAE.negative_elbo_bound" in rest and "iterations;" not in rest
+
+
+def test_a_stopped_attempt_is_named_even_over_an_earlier_runs_results(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    folder = write_results(logs, "model=gmvae_z=10_k=500_run=0002", 97.5, 17.6, mtime=1_000_000).parent
+    config = {**Config(run=2, data_dir="/my data").as_dict()}
+    (folder / STOPPED).write_text(json.dumps({"kind": "nan", "iteration": 8, "config": config,
+                                              "message": "the loss became nan or inf at iteration 8; ..."}))
+    assert check.main(["--results", "--logs", str(logs)]) == 1
+    status, rest = verdicts(capsys)[0]["GMVAE"]
+    assert status == "FAIL" and rest.startswith("the run's last attempt stopped at iteration 8: the loss became nan")
+    assert "are an earlier run's" in rest and "--resume" not in rest
+    assert rest.endswith("python run_gmvae.py --run 2 --data-dir '/my data' --overwrite")
+
+
 def test_a_nelbo_too_good_to_be_a_bound(tmp_path, capsys):
     logs = tmp_path / "logs"
     write_results(logs, "model=vae_z=10_run=0000", 80.0, 19.0)
     assert check.main(["--results", "--logs", str(logs), "--only", "VAE"]) == 1
     assert "too good to be a bound" in verdicts(capsys)[0]["VAE"][1]
+
+
+def test_the_short_run_table_is_the_model_answers_measured_curve():
+    # figures.TRAINING_NELBO: metrics.csv's rows of writeup/runs, the mean over seeds, rounded.
+    for model, table in TRAINING_NELBO.items():
+        runs = list((ROOT / "writeup" / "runs").glob(f"model={model}_*/metrics.csv"))
+        assert len(runs) == 5
+        for iteration, nelbo in table.items():
+            rows = [line.split(",") for path in runs for line in path.read_text().splitlines()[1:]]
+            values = [float(r[1]) for r in rows if int(r[0]) == iteration]
+            assert len(values) == 5 and round(sum(values) / 5) == nelbo, (model, iteration)

@@ -71,6 +71,8 @@ CAUSES = {
     "mixture: first row": "m[0] or v[0] keeps the components of the first row only: this function is called with m "
                           "and v of shape (batch, k, dim), (1, k, dim) or (k, dim), so let broadcasting pair "
                           "them with z.unsqueeze(1)",
+    "mixture: broadcast": "z, m and v do not broadcast: z must be (batch, 1, dim), z.unsqueeze(1), against m and v "
+                          "of (1, k, dim) or (batch, k, dim), for log-densities of shape (batch, k)",
     "mixture: unsqueeze": "z is (batch, dim) and the components are (., k, dim): z.unsqueeze(1), of shape "
                           "(batch, 1, dim), lines each z up with all k components",
     "mixture: underflow": "every component's density underflows to 0 far away, so log(mean(exp(.))) gives -inf: "
@@ -158,6 +160,10 @@ CAUSES = {
     "VAE: kl swapped": "q and p are swapped: kl_normal(m, v, z_prior_m, z_prior_v) is KL(q || p)",
     "VAE: kl by one sample": "kl is a one-sample estimate log q(z|x) - log p(z): the VAE's KL has a closed form, "
                              "kl_normal(m, v, z_prior_m, z_prior_v)",
+    "bound: z with v as sd": "z is drawn as m + v * eps: v is the variance, so z = m + v.sqrt() * eps, as "
+                             "ut.sample_gaussian(m, v) draws it",
+    "GMVAE: log q with v as sd": "log q(z|x) takes v as a standard deviation (Normal(m, v)): v is the variance: "
+                                 "ut.log_normal(z, m, v), or Normal(m, v.sqrt())",
     "GMVAE: kl sign": "the KL's sign is reversed: kl = log q(z|x) - log p(z), not log p(z) - log q(z|x)",
     "GMVAE: log k": "log p(z) is off by log k: the mixture's uniform weights are missing (see log_normal_mixture)",
     "GMVAE: standard normal prior": "p(z) is a standard normal here: the GMVAE's prior is the mixture, "
@@ -196,6 +202,8 @@ def cause_of_error(message, batch, k, dim):
     found = {int(sizes.group(1)), int(sizes.group(2))}
     if found == {batch, k}:
         return "mixture: unsqueeze"
+    if found == {dim, k}:
+        return "mixture: broadcast"
     if found == {dim, dim // 2}:
         return "GMVAE: prior split"
     return None

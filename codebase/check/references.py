@@ -156,7 +156,8 @@ def ref_mixture(check, seed):
 @references("mixture_far")
 def ref_mixture_far(check, seed):
     z, m, v = (t.double() for t in inputs_of("mixture_far", seed, "far"))
-    return {"far": case("log_normal_mixture(z, m, v)", mixture(z, m, v), rtol=1e-5, atol=1e-3,
+    return {"far": case("log_normal_mixture(z, m, v)", mixture(z, m, v), {"mixture: v as sd": mixture(z, m, v, sd=v)},
+                        rtol=1e-5, atol=1e-3,
                         where="up to 100 away from every component, with v = 1e-8 (float32)",
                         nonfinite="mixture: underflow"),
             "far grads": {"names": ["z"], "nonfinite": "mixture: gradient nan", "nonzero": "mixture: flat gradient"}}
@@ -256,21 +257,25 @@ def terms(kind, state, x, eps, detach_z=False):
     """Float64 log-densities of a model with parameters `state`, each (batch,) or (iw, batch), at
     z = m + sqrt(v) eps: the draw that sample_gaussian makes from the noise eps, (batch, z_dim) or
     (iw, batch, z_dim). The usual mistakes' terms come too (log p(x|z) at the mean, the standard
-    normal prior, the closed-form KLs)."""
+    normal prior, the closed-form KLs, v taken as a standard deviation in z or in log q)."""
     x64 = x.to(F64)
     h = network(state, "enc", x64)
     m, v = h[..., :Z_DIM], F.softplus(h[..., Z_DIM:]) + 1e-8
-    z = m + v.sqrt() * eps.to(F64)
+    z, z_v_as_sd = m + v.sqrt() * eps.to(F64), m + v * eps.to(F64)
     z = z.detach() if detach_z else z
     q, std = Normal(m, v.sqrt()), Normal(torch.zeros_like(m), torch.ones_like(m))
-    log_p = log_p_std = Independent(std, 1).log_prob(z)
+    log_p_std = Independent(std, 1).log_prob(z)
+    log_prior = lambda z: Independent(std, 1).log_prob(z)
     if kind == "gmvae":
         pre = state["z_pre"][0]
-        log_p = mixture(z, pre[:K], F.softplus(pre[K:]) + 1e-8)
+        log_prior = lambda z: mixture(z, pre[:K], F.softplus(pre[K:]) + 1e-8)
     bern = lambda logits: Independent(Bernoulli(logits=logits, validate_args=False), 1).log_prob(x64)
     return {"log_px": bern(network(state, "dec", z)), "log_px_at_mean": bern(network(state, "dec", m)).expand(
-        z.shape[:-1]), "log_q": Independent(q, 1).log_prob(z), "log_p": log_p, "log_p_std": log_p_std,
-        "kl_closed": kl_divergence(q, std).sum(-1), "kl_swapped": kl_divergence(std, q).sum(-1)}
+        z.shape[:-1]), "log_q": Independent(q, 1).log_prob(z), "log_p": log_prior(z), "log_p_std": log_p_std,
+        "kl_closed": kl_divergence(q, std).sum(-1), "kl_swapped": kl_divergence(std, q).sum(-1),
+        "log_q_v_as_sd": Independent(Normal(m, v), 1).log_prob(z),
+        "v as sd": {"log_px": bern(network(state, "dec", z_v_as_sd)),
+                    "kl": Independent(q, 1).log_prob(z_v_as_sd) - log_prior(z_v_as_sd)}}
 
 
 def _with_batch_mistakes(want, mistakes, batch):
@@ -292,11 +297,14 @@ def elbo_reference(kind, state, x, eps, detach_z=False):
     else:
         kl = kl_mc
         kl_mistakes = {"GMVAE: kl sign": -kl, "GMVAE: log k": kl - math.log(K),
-                       "GMVAE: standard normal prior": (t["log_q"] - t["log_p_std"]).mean()}
+                       "GMVAE: standard normal prior": (t["log_q"] - t["log_p_std"]).mean(),
+                       "GMVAE: log q with v as sd": (t["log_q_v_as_sd"] - t["log_p"]).mean(),
+                       "bound: z with v as sd": t["v as sd"]["kl"].mean()}
     return _with_batch_mistakes({"nelbo": kl + rec, "kl": kl, "rec": rec}, {
         "nelbo": {"elbo: nelbo sign": -(kl + rec)}, "kl": kl_mistakes,
         "rec": {"elbo: rec sign": -rec, "elbo: rec per pixel": rec / 784,
-                "elbo: decodes the mean": -t["log_px_at_mean"].mean()}}, x.size(0))
+                "elbo: decodes the mean": -t["log_px_at_mean"].mean(),
+                "bound: z with v as sd": -t["v as sd"]["log_px"].mean()}}, x.size(0))
 
 
 def iwae_reference(kind, state, x, eps, detach_z=False):

@@ -11,7 +11,20 @@ from codebase.runtime.files import save_error, write_atomic
 
 
 class NonFiniteLoss(UserError):
-    """The loss became nan or inf; the message gives the iteration and the checkpoints that exist."""
+    """The loss became nan or inf at `iteration`; the message gives it and the checkpoints that exist."""
+
+    def __init__(self, message, iteration):
+        super().__init__(message)
+        self.iteration = iteration
+
+
+class ImpossibleFigures(NonFiniteLoss):
+    """A metrics row at `iteration` that no bound gives (NELBO <= 0, KL well below 0, Rec < 0)."""
+
+
+# A KL estimated from one draw per image can dip below 0 by chance, but a row averages 50 batches of 100
+# images: a correct bound's rows never went below 3 nats (the model answer's training, 5 seeds).
+KL_FLOOR = -1.0
 
 
 METRICS_COLUMNS = ("iteration", "nelbo", "kl", "rec")
@@ -105,6 +118,7 @@ class MetricsLog:
         if not all(finite):
             self._non_finite(self.window_start + finite.index(False) + 1)
         values = rows.mean(dim=0).tolist()
+        self._possible(iteration, steps, *values)
         try:
             self.file.write(self.row(iteration, values))
             self.file.flush()  # a row a user can read while training goes on
@@ -122,8 +136,19 @@ class MetricsLog:
                     "resuming from it would reach the same nan")
         else:
             kept = f"No checkpoint was written before it (the first is due at iteration {self.config.iter_save})"
+        again = self.config.command("--overwrite")
         raise NonFiniteLoss(f"the loss became nan or inf at iteration {iteration}; training stopped there. {kept}: "
-                            "run python -m codebase.check to find the cause, then train again with --overwrite.")
+                            f"run python -m codebase.check to find the cause, then {again}", iteration)
+
+    def _possible(self, iteration, steps, nelbo, kl, rec):
+        wrong = [f"{name} {value:.2f}" for name, value, bad in (
+            ("NELBO", nelbo, nelbo <= 0), ("KL", kl, kl < KL_FLOOR), ("Rec", rec, rec < 0)) if bad]
+        if wrong:
+            raise ImpossibleFigures(
+                f"at iteration {iteration} the last {steps} steps averaged {', '.join(wrong)}: no "
+                "negative ELBO gives that (Rec = -log p(x|z) >= 0, and the KL is >= 0 up to the noise of its "
+                "estimate), so training stopped. Run python -m codebase.check to find the mistake, then "
+                f"{self.config.command('--overwrite')}", iteration)
 
     def close(self):
         self.file.close()
