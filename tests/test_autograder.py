@@ -663,6 +663,14 @@ def graded(grading_source, grader_python, tmp_path_factory):
         write_files(checks / name.replace(" ", "_"), {f"codebase/{'models/' if f == 'gmvae.py' else ''}{f}": t
                                                       for f, t in files.items()})
     write_files(checks / "missing_file", {"utils.py": UTILS, "notes.txt": "my notes", "scratch.ipynb": "{}"})
+    # What a student hands in as the starter's README says: python -m codebase.submit in the starter folder.
+    student = tmp / "student"
+    assert handout.main([str(student)]) == 0
+    write_files(student, {"codebase/utils.py": UTILS, "codebase/models/gmvae.py": GMVAE})
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
+    submitted = subprocess.run([sys.executable, "-m", "codebase.submit", "--out", str(checks / "submitted.zip")],
+                               cwd=student, capture_output=True, text=True, timeout=600, env=env)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     write_files(checks / "memory", {"utils.py": changed(UTILS, MIXTURE_LINE, "torch.empty(1 << 32)  # 16 GiB\n    "
                                                         + MIXTURE_LINE), "gmvae.py": GMVAE})
     write_files(checks / "forged_lines", {"utils.py": UTILS_STUB + FORGED_LINES, "gmvae.py": GMVAE_STUB})
@@ -750,6 +758,14 @@ def test_the_model_answer_gets_full_marks(graded):
     assert isinstance(results["execution_time"], float) and results["output"].startswith("Graded: utils.py, gmvae.py.")
     extra = results["extra_data"]
     assert extra["check_seed"] > 0 and extra["sample_grid_png_base64"] and set(extra["figures"]) >= {"nelbo", "kl"}
+
+
+@pytest.mark.slow
+def test_the_zip_that_codebase_submit_writes_gets_every_point_of_the_function_tests(graded):
+    results = graded["results"]["submitted"]
+    assert [t["score"] for t in results["tests"]] == [t["max_score"] for t in results["tests"]] and results["tests"]
+    graded_line = results["output"].splitlines()[0]
+    assert graded_line.startswith("Graded: ") and "utils.py" in graded_line and "gmvae.py" in graded_line, graded_line
 
 
 @pytest.mark.slow
@@ -856,7 +872,7 @@ def test_a_hang_times_out_on_its_own_check_and_the_rest_is_graded(graded):
     tests = by_name(results)
     assert tests[MIXTURE]["score"] == 30  # its checks ran before the hang, in the same run
     assert tests[BOUND]["score"] == 0
-    assert f"Timed out after {HANG_CHECK_SECONDS} s on this check" in tests[BOUND]["output"]
+    assert f"No progress for {HANG_CHECK_SECONDS} s at this check" in tests[BOUND]["output"]
     for name in FIGURES:
         assert f"timed out after {HANG_TRAIN_SECONDS} s" in tests[name]["output"]
     assert tests[GRID]["score"] == 0
