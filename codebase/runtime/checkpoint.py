@@ -48,7 +48,7 @@ def prepare_folder(folder, resume, overwrite):
     """Make the run's checkpoint folder ready, never deleting checkpoints unasked.
 
     With `overwrite`, the run's checkpoints (model-*.pt) are deleted and nothing else:
-    notes or other files in the folder stay. Call it while holding the run's lock.
+    notes or other files in the folder stay.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
