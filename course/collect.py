@@ -89,7 +89,11 @@ def _submission_entries(submission, budget):
     if path.is_dir():
         entries, todo = {}, [path]
         while todo:  # without recursion: a submission's folders may go thousands deep
-            for p in sorted(todo.pop().iterdir()):
+            try:
+                children = sorted(todo.pop().iterdir())
+            except OSError:  # a folder that cannot be listed (as another user than root): its files are not taken
+                continue
+            for p in children:
                 rel = p.relative_to(path)
                 if p.is_symlink() or IGNORED_PARTS & set(rel.parts):
                     continue  # a link could point at the grader's own files

@@ -189,3 +189,21 @@ def test_zips_nested_without_end_stop_at_the_unzipped_limit(tmp_path, monkeypatc
     monkeypatch.setattr(collect, "LIMITS", collect.LIMITS.__class__(max_unzipped_bytes=len(data) * 3))
     found, notes = read(tmp_path / "deep.zip")
     assert found.files == {} and any("not opened" in n and "MB" in n for n in notes), notes
+
+
+def test_a_folder_that_cannot_be_listed_is_left_out_and_the_rest_graded(tmp_path, monkeypatch):
+    """As another user than root, a folder of mode 000 cannot be listed: its files are not taken."""
+    folder = tmp_path / "s"
+    for name, data in {"utils.py": UTILS, "locked/gmvae.py": GMVAE}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    listed = collect.Path.iterdir
+
+    def iterdir(path):
+        if path.name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listed(path)
+
+    monkeypatch.setattr(collect.Path, "iterdir", iterdir)
+    found, notes = read(folder)
+    assert found.files == {"codebase/utils.py": UTILS} and found.missing == ["codebase/models/gmvae.py"], notes
