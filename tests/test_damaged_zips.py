@@ -6,9 +6,13 @@ The zips are made by zipfile and then damaged byte by byte, as a broken upload o
 would leave them; they go through the grader's own reading (autograder.read_submission).
 """
 import io
+import json
+import os
 import struct
+import subprocess
 import zipfile
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -207,3 +211,25 @@ def test_a_folder_that_cannot_be_listed_is_left_out_and_the_rest_graded(tmp_path
     monkeypatch.setattr(collect.Path, "iterdir", iterdir)
     found, notes = read(folder)
     assert found.files == {"codebase/utils.py": UTILS} and found.missing == ["codebase/models/gmvae.py"], notes
+
+
+@pytest.mark.slow
+def test_a_grading_of_a_damaged_upload_names_it_and_grades_the_rest(grading_source, grader_python, tmp_path):
+    """The whole grader, as Gradescope runs it: the model answer's utils.py graded, its gmvae.py's corrupt
+    deflate stream named, and no word of the autograder failing."""
+    root = Path(__file__).resolve().parents[1]
+    answer = {"utils.py": (root / "codebase/utils.py").read_bytes(), "gmvae.py": (root / "codebase/models/gmvae.py")
+              .read_bytes()}
+    upload = tmp_path / "submission.zip"
+    upload.write_bytes(damaged_zip("a corrupt deflate stream", files=answer))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    out = tmp_path / "results.json"
+    done = subprocess.run([grader_python, "-m", "course.autograder", "grade", str(upload), "--out", str(out), "--only",
+                           "log_normal_mixture"], cwd=grading_source("damaged_source"), env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["score"] == 30, results["output"]
+    assert "submission.zip is damaged at gmvae.py (Error -3 while decompressing data: invalid block type): not " \
+           "graded." in results["output"].splitlines()
+    assert "autograder" not in results["output"].lower()
