@@ -75,7 +75,11 @@ class Clock:
     def __init__(self, began, timeout, progress):
         self.count, self.step, startup = progress or (None, None, timeout)
         self.end, self.step_end = began + timeout, began + startup
-        self.steps, self.next_look = 0, began
+        self.steps, self.next_look, self.last_step = 0, began, began
+
+    def stalled(self, now):
+        """Seconds since the child's last step (or its start), if it is stopped for want of one; else 0."""
+        return now - self.last_step if self.step_end < self.end and now >= self.step_end else 0.0
 
     def look(self, now):
         """True once every POLL_SECONDS, when it also counts the child's steps."""
@@ -84,7 +88,7 @@ class Clock:
         self.next_look = now + POLL_SECONDS
         done = self.count() if self.count else 0
         if done > self.steps:
-            self.steps, self.step_end = done, now + self.step
+            self.steps, self.step_end, self.last_step = done, now + self.step, now
         return True
 
     def over(self, now):
@@ -104,6 +108,8 @@ class Outcome:
     err: Capture
     stopped: str = ""  # the limit it was stopped at (processes, disk), in words; "" if none
     seconds: float = 0.0
+    stalled: float = 0.0  # timed out for want of progress: seconds since its last step (or start); else 0
+    steps: int = 0  # how far it came: its progress's last count
 
     def why(self, memory_gb):
         """Why the child ended without finishing, in words."""

@@ -108,9 +108,12 @@ def _why_none(why, outcome, memory_gb, check_seconds):
     """Why the check the probe was running has no results, for the student."""
     if why not in ("", "missing"):  # it finished, but its results are not a file to be read
         return f"the results of this check are {why}, and were not read"
+    if outcome.stalled:
+        window = check_seconds if outcome.steps else LIMITS.startup_seconds  # the first check's has the start's
+        return (f"No progress for {window:g} s at this check (it returned nothing): is there an endless loop or a "
+                "sleep in your code?")
     if outcome.timed_out:
-        return (f"Timed out after {check_seconds:g} s on this check: is there an endless loop or a sleep in "
-                "your code?")
+        return "The self-check ran out of time on this check: is there an endless loop or a sleep in your code?"
     return f"the self-check stopped while running this check ({outcome.why(memory_gb)})"
 
 
@@ -132,7 +135,10 @@ def train(workdir, box, options, threads, data_dir, trusted):
         box.reset(workdir / name)  # nothing the probe wrote may pose as the run's output
     argv = [sys.executable, figures.RUN_SCRIPTS[MODEL], "--iter_max", str(options.iter_max), "--seed",
             str(GRADED.seed), "--device", "cpu", "--threads", str(threads), "--data-dir", str(data_dir)]
-    outcome = box.run(argv, workdir, child_env(workdir, threads), options.train_seconds)
+    # Watched by its progress too: a run that stops advancing is stopped long before its time is up.
+    reached = lambda: _iteration_reached(workdir)
+    outcome = box.run(argv, workdir, child_env(workdir, threads), options.train_seconds,
+                      progress=(reached, LIMITS.progress_seconds, LIMITS.startup_seconds))
     run = Trained(outcome, claimed=_claimed(workdir))
     # Imported here, as it imports torch: the grader must start, and refuse to grade (Sandbox.open), with a
     # Python that has none.
@@ -147,6 +153,16 @@ def train(workdir, box, options, threads, data_dir, trusted):
         run.checkpoint = trusted / "model.pt"
         run.checkpoint.write_bytes(data)
     return run
+
+
+def _iteration_reached(workdir):
+    """The iteration of the last whole row of the run's metrics.csv (its progress), or 0."""
+    raw, _ = read_beneath(workdir, GRADED.log_dir / "metrics.csv", LIMITS.max_metrics_bytes)
+    rows = (raw or b"").rsplit(b"\n", 2)  # a row is whole once its newline is written
+    try:
+        return int(rows[-2].split(b",")[0]) if len(rows) > 2 else 0
+    except ValueError:  # the header, or what the student's code wrote there
+        return 0
 
 
 def _claimed(workdir):
@@ -164,6 +180,11 @@ def _failure(outcome, memory_gb, options):
     setting = training_setting(options.iter_max)
     if outcome.stopped:
         return f"The training run ({setting}) was {outcome.why(memory_gb)}."
+    if outcome.stalled:
+        window = LIMITS.progress_seconds if outcome.steps else LIMITS.startup_seconds
+        return (f"The training run ({setting}) was stopped: no progress for {window:g} s at iteration "
+                f"{outcome.steps:,} (its metrics.csv gains a row every {GRADED.log_every} iterations). Is there an "
+                "endless loop or a sleep in your code?")
     if outcome.timed_out:
         return f"The training run ({setting}) timed out after {options.train_seconds:g} s."
     if outcome.returncode != 0:

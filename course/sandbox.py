@@ -175,16 +175,18 @@ class Sandbox:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                                 preexec_fn=self._preexec(cwd if writable == "" else writable))
-        pipes = Pipes(proc)
+        pipes, clock = Pipes(proc), Clock(began, timeout, progress)
         stopped, timed_out = "", False
         try:
-            stopped, timed_out = self._watch(proc, pipes, Clock(began, timeout, progress), cwd)
+            stopped, timed_out = self._watch(proc, pipes, clock, cwd)
         finally:
             pipes.close()
             self._end(proc)
         # Files outlive their writer: a child that ended between two looks is still past the disk bound.
         stopped = stopped or self._over_a_limit(cwd, processes=False)
-        return Outcome(proc.returncode, timed_out, pipes.out, pipes.err, stopped, time.monotonic() - began)
+        now = time.monotonic()
+        return Outcome(proc.returncode, timed_out, pipes.out, pipes.err, stopped, now - began,
+                       clock.stalled(now) if timed_out else 0.0, clock.steps)
 
     def _watch(self, proc, pipes, clock, cwd):
         """Keep the child's output until it ends and its pipes close, or it passes its time or a limit.

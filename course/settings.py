@@ -98,10 +98,19 @@ class Limits:
     # The parts of a grading, in time.
     can_run_seconds: int = limit(120, "s", "the sandbox's check that its user runs the grader's Python with torch "
                                            "and reads MNIST; about 2 s")
-    check_seconds: int = limit(60, "s", "each check of the probe; under a second each here (all the probe: 2.5 s)",
+    check_seconds: int = limit(30, "s", "each check of the probe, with no result: the probe is stopped there and "
+                                        "run again from the next. Longest wait for a check's result here, 2026-12-04: "
+                                        "6.3 s at a load of 5 to 6 on the 2 cores (each under a second alone)",
                                "--check-timeout")
-    startup_seconds: int = limit(120, "s", "the probe's start: Python, torch, the student's modules and the first "
-                                           "check")
+    startup_seconds: int = limit(60, "s", "the start of the probe (Python, torch, the student's modules and the "
+                                          "first check) and of the training (to its first metrics.csv row); here, "
+                                          "2026-12-04: 8.2 s and 21.4 s at a load of 4 to 6 on the 2 cores (the "
+                                          "training's 4.4 s at a load under 2)")
+    progress_seconds: int = limit(60, "s", "the training with no new metrics.csv row (one every 50 iterations), "
+                                           "or after the last to its end: it is stopped there and told so. "
+                                           "Longest gap of a correct 20,000-iteration run here, 2026-12-04: 7.7 s "
+                                           "(the last row to its end) at a load of 4 to 6, 4.1 s at a load under 2; 3 "
+                                           "times 7.7 on a machine 1.9 times slower is 44 s")
     probe_seconds: int = limit(300, "s", "all the probe's runs together: a check that hangs costs its check_seconds "
                                          "and a rerun of the checks after it")
     probe_runs: int = limit(3, "runs", "the probe's first run and its reruns after a check that hung or crashed")
@@ -132,6 +141,7 @@ class Limits:
                                                      "draws: 2.4 MB)")
     max_checkpoint_bytes: int = limit(64 << 20, "bytes", "the run's final checkpoint (about 8 MB)")
     max_printed_bytes: int = limit(1 << 20, "bytes", "the figures the run wrote into its results.json (only shown)")
+    max_metrics_bytes: int = limit(1 << 20, "bytes", "the run's metrics.csv, read for its progress (20 kB)")
 
 
 LIMITS = Limits()

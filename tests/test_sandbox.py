@@ -2,13 +2,15 @@
 
 Each attack is one that broke an earlier grader: the fallback to root, a setsid daemon outliving
 its child, one submission reaching another in a batch, a folder written to after its child ended,
-a run folder that is a symbolic link, umask 000, a fork bomb, files beyond the disk bound, and
-setuid programs. They need root to switch users, and are left out (deselected, and counted) where
-the tests do not run as root; they grade with real trainings, so they run only with --full. CI runs
-them, as root.
+a run folder that is a symbolic link, umask 000, a fork bomb, files beyond the disk bound,
+setuid programs, a connection to the machine's own listener, and hangs. They need root to switch
+users, and are left out (deselected, and counted) where the tests do not run as root; they grade
+with real trainings, so they run only with --full. CI runs them, as root.
 """
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -125,6 +127,18 @@ except OSError as _e:
 '''
 
 
+def phones_home(port):
+    """Module code that connects to 127.0.0.1:`port` and says how that went, on its error output."""
+    return f'''
+import socket as _socket, sys as _sys
+try:
+    _socket.create_connection(("127.0.0.1", {port}), timeout=5).sendall(b"the student's code got out")
+    print("network: connected", file=_sys.stderr)
+except OSError as _e:
+    print("network:", type(_e).__name__, _e, file=_sys.stderr)
+'''
+
+
 def write_files(folder, files):
     for name, text in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +174,18 @@ def secret(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def attacks(grader_python, grading_source, mnist_dir, secret, tmp_path_factory):
+def listener():
+    """A TCP server on 127.0.0.1 that no submission may reach."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def attacks(grader_python, grading_source, mnist_dir, secret, listener, tmp_path_factory):
     """Grade the attacks in one batch, two at a time, under umask 000; {name: results.json}."""
     tmp = tmp_path_factory.mktemp("attacks")
     folder = tmp / "submissions"
@@ -174,6 +199,7 @@ def attacks(grader_python, grading_source, mnist_dir, secret, tmp_path_factory):
     write_files(folder / "deep_tree", {"utils.py": UTILS + DEEP_TREE, **answer})
     write_files(folder / "json_bomb", {"utils.py": UTILS + JSON_BOMB, **answer})
     write_files(folder / "forged_results", {"utils.py": UTILS + FORGED_RESULTS, **answer})
+    write_files(folder / "phones_home", {"utils.py": UTILS + phones_home(listener.getsockname()[1]), **answer})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     began = time.monotonic()
     done = subprocess.run([grader_python, "-m", "course.autograder", "batch", str(folder), "--out",
@@ -270,6 +296,16 @@ def test_what_a_submission_leaves_cannot_make_the_grader_fail(attacks):
     assert not [p for p in Path("/tmp").glob("autograder-*") if p.stat().st_gid in uids]  # work folders removed
 
 
+def test_student_code_reaches_no_listener_on_the_machine_and_the_grading_says_so(attacks, listener):
+    results = attacks["results"]["phones_home"]
+    output = by_name(results)[FUNCTION_TESTS[0]]["output"]
+    assert "network: PermissionError" in output, output  # socket() itself is refused
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing connected, in the probe or in the training
+    assert "no internet sockets" in results["extra_data"]["sandbox"] or "no network" in results["extra_data"]["sandbox"]
+    assert results["score"] == 100  # Python and torch need no more than Unix sockets
+
+
 def test_the_sandbox_user_cannot_enter_another_gradings_folder_or_signal_its_processes(grader_python, mnist_dir):
     a, b = Sandbox.open(grader_python, mnist_dir), Sandbox.open(grader_python, mnist_dir)
     folder_a = a.make_workdir({"codebase/models/gmvae.py": b"mine"}, autograder.WRITABLE)
@@ -309,3 +345,51 @@ def test_where_the_sandbox_user_could_read_the_references_it_refuses_to_grade(tm
                            "--data-dir", str(mnist_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 1 and "which computes the answer; refusing to grade" in done.stderr, done.stderr
     assert "refusing to grade" in json.loads(out.read_text())["output"]
+
+
+# Hangs where a student's code can: its log_normal_mixture sleeps in the probe's checks, and its bound sleeps
+# in training after 300 steps (the probe's calls are not counted: there the bound runs as written).
+HANGS_IN_CHECKS = '''
+import sys as _sys, time as _time
+_mixture = log_normal_mixture
+def log_normal_mixture(*args, **kwargs):
+    if not _sys.argv[0].endswith("run_gmvae.py"):
+        _time.sleep(10**6)
+    return _mixture(*args, **kwargs)
+'''
+HANGS_IN_TRAINING = '''
+import sys as _sys, time as _time
+_bound, _calls = GMVAE.negative_elbo_bound, [0]
+def _hanging(self, *args, **kwargs):
+    _calls[0] += _sys.argv[0].endswith("run_gmvae.py")
+    if _calls[0] > 300:
+        print(f"hanging from {_time.time():.1f}", file=_sys.stderr, flush=True)
+        _time.sleep(10**6)
+    return _bound(self, *args, **kwargs)
+GMVAE.negative_elbo_bound = _hanging
+'''
+
+
+def test_a_submission_that_hangs_ends_within_five_minutes_of_its_last_progress(tmp_path, grader_python,
+                                                                               grading_source, mnist_dir):
+    submission = write_files(tmp_path / "hangs", {"utils.py": UTILS + HANGS_IN_CHECKS,
+                                                   "gmvae.py": GMVAE + HANGS_IN_TRAINING})
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([grader_python, "-m", "course.autograder", "grade", str(submission), "--out", str(out),
+                           "--iter_max", "2000", "--test-ranges", TEST_RANGES, "--data-dir", str(mnist_dir)],
+                          cwd=grading_source("hangs_source"), env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    tests, seconds = by_name(results), results["extra_data"]["seconds"]
+    stalled = re.findall(r"No progress for (\d+) s at this check", tests[FUNCTION_TESTS[0]]["output"])
+    assert stalled and {int(s) for s in stalled} <= {LIMITS.check_seconds, LIMITS.startup_seconds}, tests
+    assert tests[FUNCTION_TESTS[0]]["score"] == 0
+    training = tests["Training: NELBO"]["output"]
+    reached = re.search(rf"no progress for {LIMITS.progress_seconds:g} s at iteration (\d+)", training)
+    assert reached and 0 < int(reached[1]) <= 300, training
+    # Its last progress: the row before it hung (less than a row's 50 steps before it said so).
+    hung = float(re.search(r"hanging from ([0-9.]+)", training)[1])
+    assert time.time() - hung < 300, seconds
+    # Each check that hangs costs its window, and the probe runs at most probe_runs times.
+    assert seconds["probe"] <= LIMITS.probe_runs * (LIMITS.startup_seconds + 10) < 300, seconds
