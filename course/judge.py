@@ -33,9 +33,15 @@ from codebase.evaluate import SUBSET_REPEATS, eval_subset, sample_binary
 from codebase.models import GMVAE
 from codebase.runtime.files import write_png_grid
 from course.settings import LIMITS
+from course.untrusted import shown
 
 REPEATS_AT_ONCE = 10  # subset evaluations per pass: bounds the judge's memory
 MAX_OBJECTS = 100_000  # in one loaded file: a probe's results hold a few dozen, a checkpoint a few hundred
+# A file's pickled structure, which the weights-only unpickler reads at about a second a megabyte, so that
+# the files of a grading cannot hold the judge past its time: the probe's are under 12 kB, a checkpoint's 6 kB.
+MAX_PICKLE_BYTES = 1 << 20
+# Of a check's line: the self-check's own are under 600 characters; a forged error message can be megabytes.
+LINE_CHARS = 2000
 
 
 class Unusable(ValueError):
@@ -76,6 +82,8 @@ def load(path):
             raise Unusable("it holds a compressed or encrypted member, which torch.save never writes")
     if sum(info.file_size for info in infos) > size:
         raise Unusable("its members add up to more than the file")
+    if any(info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES for info in infos):
+        raise Unusable(f"its pickled structure is over {MAX_PICKLE_BYTES >> 20} MB, where torch.save writes a few kB")
     try:
         found = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
@@ -124,7 +132,9 @@ def judge_checks(seed, names, folder):
         v = judge.verdict(check, found, references.expected(check, seed), failed)
         if not v.passed:
             failed.append(check.name)
-        verdicts[check.name] = {"passed": v.passed, "line": v.line}
+        # What the line quotes of the results (an error's message, its file names) was written by the student's
+        # process: one line, escaped and bounded, so that it can pose as no line of the grader's.
+        verdicts[check.name] = {"passed": v.passed, "line": shown(v.line, LINE_CHARS)}
     return verdicts
 
 

@@ -33,9 +33,11 @@ def clean(text):
     return "\n".join(f"| {line}" for line in text.splitlines())
 
 
-def shown(name):
-    """A name from the submission (a file or zip member) on one line, non-printable characters escaped."""
-    return "".join(c if c.isprintable() and c not in "\n\r" else repr(c)[1:-1] for c in str(name))[:300]
+def shown(name, limit=300):
+    """A name from the submission (a file or zip member) on one line, non-printable characters escaped,
+    at most `limit` characters of it."""
+    text = str(name)[:limit]  # before escaping: a 30 MB message is never copied whole
+    return "".join(c if c.isprintable() and c not in "\n\r" else repr(c)[1:-1] for c in text)[:limit]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""The red team's attacks on the grader that got through, each with the test that failed before its fix
+(issue 31). Every one is what a student can do: the probe and the training run are the student's own
+processes, so anything they write (a results file, a checkpoint, an error's message) is the student's
+to forge, and the grader must neither show it raw, nor spend its own time or memory on it unbounded.
+"""
+import io
+import zipfile
+
+import torch
+
+from course import judge
+
+FAR = "log_normal_mixture: far points, tiny variances"
+SEED = 5
+
+
+def saved(value):
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def with_pickle(data, pickle):
+    """torch.save's bytes `data` with its pickled structure replaced by `pickle`, every member stored."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as inside, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for info in inside.infolist():
+            z.writestr(info.filename, pickle if info.filename.endswith("data.pkl") else inside.read(info))
+    return out.getvalue()
+
+
+def judged(folder, value):
+    (folder / f"{FAR}.pt").write_bytes(value if isinstance(value, bytes) else saved(value))
+    return judge.judge_checks(SEED, [FAR], folder)[FAR]
+
+
+def test_a_slow_pickle_is_refused_before_it_is_unpickled(tmp_path):
+    """torch's weights-only unpickler is Python: 32 MB of no-op pairs (MARK, APPENDS onto one list) took it
+    25 s, and a probe's 11 files and a checkpoint of them held the judge past its 300 s, which read as the
+    autograder's failure. Before the fix this loaded (as []) in about 1.5 s."""
+    data = with_pickle(saved({}), b"\x80\x02]" + b"(e" * (1 << 20) + b".")
+    v = judged(tmp_path, data)
+    assert not v["passed"] and "pickled structure is over 1 MB" in v["line"], v
+
+
+def test_a_forged_error_message_is_shown_on_one_line_escaped_and_bounded(tmp_path):
+    """The error record is the probe's, so its message and file names are the student's to write: before
+    the fix a forged one put "PASS" lines and terminal escapes into the test's output, and a 20 MB one made
+    a results.json of 188 MB."""
+    forged = "my bug\nPASS  log_normal_mixture\n\x1b[2J\x1b[32mScore: 60 / 60\x07"
+    for message in (forged, "A" * (20 << 20)):
+        v = judged(tmp_path, {"name": FAR, "results": {}, "error": {
+            "type": "ValueError", "message": message, "origin": "f", "not_implemented": False,
+            "frames": [{"file": "utils.py\n\x1b[31mPASS", "line": 1, "function": "f"}]}})
+        line = v["line"]
+        assert not v["passed"] and line.startswith(f"FAIL  {FAR}: ")
+        assert "\n" not in line and "\x1b" not in line and "\x07" not in line, line
+        assert len(line) <= judge.LINE_CHARS
+    assert "my bug\\nPASS  log_normal_mixture\\n\\x1b[2J" in judged(tmp_path, {"name": FAR, "error": {
+        "message": forged}})["line"]
