@@ -195,10 +195,11 @@ def test_compiled_bound_draws_from_the_runs_stream_and_leaves_torchs_own_alone(m
 # The real compiler.
 
 @pytest.mark.slow
-def test_the_bound_compiles_to_one_graph_without_a_break(fresh_dynamo):
+@pytest.mark.parametrize("model", ["gmvae", "vae"])
+def test_the_bound_compiles_to_one_graph_without_a_break(model, fresh_dynamo):
     # The model answer's bound, as compiled_bound traces it (torch's default generator): one graph, no
     # break. With the run's torch.Generator as an argument, every draw would break it.
-    model, _, generator = parts(Config())
+    model, _, generator = parts(Config(model=model))
     bound = binarised_bound(model)
     gray = batches(1)[0]
     explained = torch._dynamo.explain(lambda g: bound(g, None))(gray)
