@@ -87,4 +87,5 @@ class Config:
 
 # The run scripts' flags that Config.command repeats; the others (--resume, --overwrite, --train) are the
 # advice's own.
-REPEATED = ("z", "k", "iter_max", "run", "seed", "iwae", "check", "device", "threads", "cuda_graph", "data_dir")
+REPEATED = ("z", "k", "iter_max", "run", "seed", "iwae", "check", "device", "threads", "cuda_graph", "compile",
+            "data_dir")

@@ -315,3 +315,8 @@ def test_the_starter_says_exactly_what_it_said_before_with_compiling_on(case, st
     expected = (f"utils.py:{first}, in log_normal_mixture" if case == "shape error"
                 else "log_normal_mixture (codebase/utils.py")
     assert expected in before.stderr, before.stderr
+
+
+def test_advice_repeats_the_students_compile_flag():
+    assert Config(compile="off").command("--resume") == "python run_gmvae.py --compile off --resume"
+    assert Config().command("--resume") == "python run_gmvae.py --resume"
