@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import codebase.run as run_module
+import codebase.train as train_module
 from codebase.config import Config
 from codebase.models import make_model
 from codebase.runtime import compiled
@@ -154,6 +155,38 @@ def test_a_compile_error_at_the_first_call_trains_eagerly_from_the_same_state():
                       "compile_seconds": None}
     assert lines == ["Compiling the training step failed (CppCompileError: C++ compile error); training eagerly "
                      "from the same state (--compile off skips compiling)."]
+
+
+def test_where_torch_compile_itself_refuses_a_run_trains_eagerly(monkeypatch):
+    # As on a Python that dynamo does not support yet: torch.compile raises as it is called.
+    def refuse(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on Python 3.14+")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: "g++")
+    monkeypatch.setattr(compiled, "COMPILE_FROM", 1)
+    config = Config(z=2, k=5, iter_max=6, iter_save=10**6, checkpoint_root="unused", log_root="unused")
+    model, optimizer, generator = parts()
+    lines, report = [], {}
+    data = batches(6).reshape(600, 784)
+    monkeypatch.setattr(train_module.checkpoint, "save", lambda *a: None)  # nothing written: no folder
+    monkeypatch.setattr(train_module, "MetricsLog", QuietMetrics)
+    train_module.train(model, optimizer, data, config, CPU, generator, log=lines.append, report=report)
+    assert report["compile"]["path"] == "eager" and "Python 3.14+" in report["compile"]["why"]
+    assert len(lines) == 1 and lines[0].startswith("Compiling the training step failed (RuntimeError: torch.compile")
+
+
+class QuietMetrics:
+    """MetricsLog without metrics.csv: the loop's figures, kept in memory."""
+
+    def __init__(self, *args, **kwargs):
+        self.rows = []
+
+    def add(self, it, stats, last=False):
+        self.rows.append(stats)
+
+    def close(self):
+        pass
 
 
 def test_a_compile_error_with_on_stops_with_one_line():

@@ -102,11 +102,16 @@ def compiled_bound(bound):
     Returns:
         callable: the same signature; the draws come from `generator`'s stream, which it advances
     """
-    # The run's generator is no argument of the compiled function: torch.compile breaks the graph at
-    # every call that takes one. torch's default generator, which it can trace, stands in for it.
-    compiled = torch.compile(lambda gray: bound(gray, None), dynamic=False)
+    compiled = None
 
     def run(gray, generator):
+        nonlocal compiled
+        if compiled is None:
+            # Made at the first call, inside CompiledStep's fallback: torch.compile itself raises where
+            # dynamo is unsupported (a Python too new for it). The run's generator is no argument of the
+            # compiled function: torch.compile breaks the graph at every call that takes one. torch's
+            # default generator, which it can trace, stands in for it.
+            compiled = torch.compile(lambda gray: bound(gray, None), dynamic=False)
         default = _default_generator(gray.device)
         before = default.get_state()
         default.set_state(generator.get_state())
