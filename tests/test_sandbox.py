@@ -303,7 +303,7 @@ def test_student_code_reaches_no_listener_on_the_machine_and_the_grading_says_so
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing connected, in the probe or in the training
     assert "no internet sockets" in results["extra_data"]["sandbox"] or "no network" in results["extra_data"]["sandbox"]
-    assert results["score"] == 100  # Python and torch need no more than Unix sockets
+    assert results["score"] == 100, json.dumps(results, indent=1)[:6000]  # Unix sockets are all that torch needs
 
 
 def test_the_sandbox_user_cannot_enter_another_gradings_folder_or_signal_its_processes(grader_python, mnist_dir):
