@@ -1,9 +1,10 @@
 """What keeps a child of the student's code from the network, from the machine's shared folders, and from
 leaving System V objects behind (course/sandbox.py applies them; course/README.md says why these).
 
-- no_network(): a seccomp filter that refuses every socket() but a Unix one, and io_uring, whose socket
-  operation a filter on socket() does not see. Where no filter can be loaded, a network namespace of the
-  child's own (as root); where neither can be had, the child does not start.
+- NETWORK_WAYS, the first that network_way() finds can be set: seccomp_network_filter(), which refuses
+  every socket() but a Unix one, and io_uring, whose socket operation a filter on socket() does not see;
+  else network_namespace(), a network namespace of the child's own (as root). Where neither can be set,
+  course/sandbox.py refuses to grade.
 - private_mounts(workdir, shm_bytes): a mount namespace of the child's own in which every file system is
   read-only but the work folder, and /dev/shm is a small tmpfs that dies with the child.
 - remove_ipc(uid, gid): the System V shared memory, semaphores and message queues of a user, removed.
