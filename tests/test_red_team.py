@@ -4,11 +4,15 @@ processes, so anything they write (a results file, a checkpoint, an error's mess
 to forge, and the grader must neither show it raw, nor spend its own time or memory on it unbounded.
 """
 import io
+import time
 import zipfile
+from dataclasses import replace
 
+import pytest
 import torch
 
-from course import judge
+from course import collect, judge
+from course.settings import LIMITS
 
 FAR = "log_normal_mixture: far points, tiny variances"
 SEED = 5
@@ -58,3 +62,57 @@ def test_a_forged_error_message_is_shown_on_one_line_escaped_and_bounded(tmp_pat
         assert len(line) <= judge.LINE_CHARS
     assert "my bug\\nPASS  log_normal_mixture\\n\\x1b[2J" in judged(tmp_path, {"name": FAR, "error": {
         "message": forged}})["line"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Many files: a submission's folders and zips are looked into within a budget of files
+# ---------------------------------------------------------------------------------------------
+
+def empty_members(count):
+    """A zip of `count` empty members: 53 bytes of directory each, and nothing to unpack."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
+        for i in range(count):
+            z.writestr(f"{i:07d}", b"")
+    return buffer.getvalue()
+
+
+def zip_of(files, path):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_a_zip_whose_directory_could_hold_more_files_than_the_budget_is_not_opened(tmp_path, monkeypatch):
+    monkeypatch.setattr(collect, "LIMITS", replace(LIMITS, max_entries=1000))
+    inner = empty_members(800)  # its directory could hold 921 members: the first opens, the second cannot
+    found = collect.collect(zip_of({"utils.py": "x = 1\n", "a.zip": inner, "b.zip": inner}, tmp_path / "up.zip"))
+    assert list(found.files) == ["codebase/utils.py"]
+    assert any(n.startswith("b.zip could hold more files than the 1,000") and n.endswith("not opened.")
+               for n in found.notes), found.notes
+    assert not any(n.startswith("a.zip") for n in found.notes), found.notes
+
+
+def test_a_folder_of_many_files_is_looked_into_shallowest_first_within_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(collect, "LIMITS", replace(LIMITS, max_entries=60))
+    for i in range(100):
+        (tmp_path / "a_venv" / "lib" / "python" / "site" / f"{i}").mkdir(parents=True)  # deeper than the two
+    (tmp_path / "repo" / "codebase" / "models").mkdir(parents=True)
+    (tmp_path / "repo" / "codebase" / "utils.py").write_text("x = 1\n")
+    (tmp_path / "repo" / "codebase" / "models" / "gmvae.py").write_text("y = 2\n")
+    found = collect.collect(tmp_path)
+    assert sorted(found.files) == ["codebase/models/gmvae.py", "codebase/utils.py"]
+    assert any("more than 60 files and folders" in n for n in found.notes), found.notes
+
+
+@pytest.mark.slow
+def test_a_million_zip_members_in_a_few_megabytes_cost_the_grader_seconds_not_minutes(tmp_path):
+    """Five zips of 200,000 empty members, deflated into a 6 MB upload: before the fix the grader read
+    every member's entry, 35 s and 1.1 GB of its own (and the unzipped budget allowed 28 such zips)."""
+    inner = empty_members(200_000)
+    upload = zip_of({"utils.py": "x = 1\n", **{f"r{i}.zip": inner for i in range(5)}}, tmp_path / "up.zip")
+    start = time.monotonic()
+    found = collect.collect(upload)
+    assert time.monotonic() - start < 5
+    assert list(found.files) == ["codebase/utils.py"] and found.ignored == 5
