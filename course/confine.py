@@ -1,10 +1,10 @@
 """What keeps a child of the student's code from the network, from the machine's shared folders, and from
 leaving System V objects behind (course/sandbox.py applies them; course/README.md says why these).
 
-- NETWORK_WAYS, the first that network_way() finds can be set: seccomp_network_filter(), which refuses
-  every socket() but a Unix one, and io_uring, whose socket operation a filter on socket() does not see;
-  else network_namespace(), a network namespace of the child's own (as root). Where neither can be set,
-  course/sandbox.py refuses to grade.
+- NETWORK_WAYS, each that network_ways() finds can be set: seccomp_network_filter(), which refuses every
+  socket() but a Unix one, and io_uring, whose socket operation a filter on socket() does not see; and
+  network_namespace(), a network namespace of the child's own (as root), which also hides the machine's
+  abstract Unix sockets. Where neither can be set, course/sandbox.py refuses to grade.
 - private_mounts(workdir, shm_bytes): a mount namespace of the child's own in which every file system is
   read-only but the work folder, and /dev/shm is a small tmpfs that dies with the child.
 - remove_ipc(uid, gid): the System V shared memory, semaphores and message queues of a user, removed.
@@ -94,12 +94,12 @@ def network_namespace():
 NETWORK_WAYS = {"seccomp": seccomp_network_filter, "netns": network_namespace}
 
 
-def network_way():
-    """The first of NETWORK_WAYS that can be set here, or None."""
-    for name, way in NETWORK_WAYS.items():
-        if can(lambda way=way: (no_new_privileges(), way())):
-            return name
-    return None
+def network_ways():
+    """(name, ...) of the NETWORK_WAYS that can be set here: the children get all of them. The filter alone
+    leaves abstract Unix sockets, which are the network namespace's: a namespace of its own hides the
+    machine's."""
+    return tuple(name for name, way in NETWORK_WAYS.items()
+                 if can(lambda way=way: (no_new_privileges(), way())))
 
 
 def _mount(source, target, fstype, flags, data=None):

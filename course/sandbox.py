@@ -78,7 +78,7 @@ class Sandbox:
     threads: int = 1
     disk_mb: int = LIMITS.disk_mb
     processes: int = LIMITS.processes
-    network: str = None  # how the children are kept off the network: a key of confine.NETWORK_WAYS, or None
+    network: tuple = ()  # how the children are kept off the network: keys of confine.NETWORK_WAYS
     private_mounts: bool = False  # the children see every file system read-only but their work folder
     _lock: int = None  # the fd of the uid's lock file
 
@@ -97,10 +97,10 @@ class Sandbox:
                 can read the secret
         """
         box = Sandbox(None, memory_gb, threads, disk_mb, LIMITS.processes + LIMITS.processes_per_thread * threads)
-        box.network = confine.network_way()
+        box.network = confine.network_ways()
         if os.geteuid() != 0:
             return box
-        if box.network is None:
+        if not box.network:
             raise SandboxError("neither a seccomp filter nor a network namespace can be set here, so the "
                                "submission's code could reach the network; refusing to grade. Run the grader "
                                "where seccomp filters are allowed (Docker's default profile allows them).")
@@ -118,7 +118,7 @@ class Sandbox:
             box.close()
             if outcome is not None and outcome.returncode == 5:
                 raise SandboxError(f"the sandbox user (uid {box.uid}) can open an internet socket despite "
-                                   f"{box.network}; refusing to grade.")
+                                   f"{' and '.join(box.network)}; refusing to grade.")
             if outcome is not None and outcome.returncode == 4:
                 raise SandboxError(f"the sandbox user (uid {box.uid}) can read {secret}, which computes the answer; "
                                    "refusing to grade. Grade from the autograder zip's layout, as setup.sh sets it "
@@ -130,8 +130,9 @@ class Sandbox:
         return box
 
     def describe(self):
-        network = {"seccomp": "no internet sockets (a seccomp filter)", "netns": "no network (a namespace of its own)",
-                   None: "the network open"}[self.network]
+        network = " and ".join({"seccomp": "no internet sockets (a seccomp filter)",
+                                "netns": "no network (a namespace of its own)"}[w] for w in self.network)
+        network = network or "the network open"
         if self.uid is None:
             return f"as this process's user (uid {os.geteuid()}), not in a sandbox: the grader is not root; {network}"
         mounts = "writing only its work folder" if self.private_mounts else "writing its work folder and /tmp's like"
@@ -152,13 +153,13 @@ class Sandbox:
                 resource.setrlimit(resource.RLIMIT_NPROC, (self.processes, self.processes))
                 if self.private_mounts:
                     confine.private_mounts(writable, LIMITS.shm_mb << 20)
-                if self.network == "netns":
+                if "netns" in self.network:
                     confine.network_namespace()
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
             confine.no_new_privileges()
-            if self.network == "seccomp":
+            if "seccomp" in self.network:
                 confine.seccomp_network_filter()
 
         return apply

@@ -2,6 +2,7 @@
 small child: the network, System V objects that outlive it, and the machine's world-writable folders.
 As root, as on Gradescope (and CI); each starts the sandbox, so they run only with --full.
 """
+import os
 import socket
 import time
 from pathlib import Path
@@ -36,7 +37,11 @@ def test_a_child_opens_no_internet_socket_but_unix_ones_work(box, grader_python)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.setblocking(False)
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # named in no folder: only a namespace hides it
+    abstract.bind(f"\0autograder-test-{os.getpid()}")
+    abstract.listen(1)
     code = f'''
+import os
 import os
 import socket
 import time
@@ -52,6 +57,11 @@ try:
     print("connected")
 except OSError as e:
     print("connect", type(e).__name__)
+try:
+    socket.socket(socket.AF_UNIX).connect("\\0autograder-test-{os.getpid()}")
+    print("abstract connected")
+except OSError as e:
+    print("abstract", type(e).__name__)
 a, b = socket.socketpair(socket.AF_UNIX)
 a.sendall(b"unix")
 print(b.recv(4).decode())
@@ -66,8 +76,11 @@ if platform.machine() in ("x86_64", "aarch64"):  # io_uring_setup, 425 on both: 
             listener.accept()  # nothing ever reached it
     finally:
         listener.close()
-    assert lines[:4] == ["AF_INET PermissionError", "AF_INET6 PermissionError", "connect PermissionError", "unix"]
-    assert lines[4:] in ([], ["io_uring -1 EACCES"])  # refused before its arguments are looked at (EFAULT)
+        abstract.close()
+    assert lines[:3] == ["AF_INET PermissionError", "AF_INET6 PermissionError", "connect PermissionError"]
+    assert lines[3] == ("abstract ConnectionRefusedError" if "netns" in box.network else "abstract connected")
+    assert lines[4] == "unix"
+    assert lines[5:] in ([], ["io_uring -1 EACCES"])  # refused before its arguments are looked at (EFAULT)
     assert "no internet sockets" in box.describe() or "no network" in box.describe()
 
 
