@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import struct
+import subprocess
 
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -139,6 +140,15 @@ def private_mounts(workdir, shm_bytes):
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                f"size={shm_bytes},nr_inodes=1024,mode=1777")
     os.chdir(os.getcwd())  # the working folder as now seen: else it stays on the read-only mount beneath
+
+
+def remove_many(paths):
+    """Delete `paths` (and what is below them) without following a link, a thousand to an rm: one rm each
+    took 22 s for 20,000 files. Nothing may be moving them: their writers must be dead."""
+    paths = [str(p) for p in paths]
+    for start in range(0, len(paths), 1000):
+        subprocess.run(["rm", "-rf", "--", *paths[start:start + 1000]], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
 
 
 def can(apply):

@@ -41,6 +41,7 @@ LOCKS = Path(tempfile.gettempdir()) / "autograder-uids"  # root's alone; <uid>.l
 # Where any user may write outside the work folder, where the children cannot be given a read-only view
 # (confine.private_mounts): counted against the disk bound, and emptied of the user's files.
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+NETWORK_WORDS = {"seccomp": "no internet sockets (a seccomp filter)", "netns": "no network (a namespace of its own)"}
 # Run as the sandbox user by the grader's Python: it must import torch and read the MNIST folder, and
 # must not read the grading's secret (the references, which compute the answer): exit 4 if it can; nor
 # open an internet socket: exit 5 if it can.
@@ -130,9 +131,7 @@ class Sandbox:
         return box
 
     def describe(self):
-        network = " and ".join({"seccomp": "no internet sockets (a seccomp filter)",
-                                "netns": "no network (a namespace of its own)"}[w] for w in self.network)
-        network = network or "the network open"
+        network = " and ".join(NETWORK_WORDS[w] for w in self.network) or "the network open"
         if self.uid is None:
             return f"as this process's user (uid {os.geteuid()}), not in a sandbox: the grader is not root; {network}"
         mounts = "writing only its work folder" if self.private_mounts else "writing its work folder and /tmp's like"
@@ -320,12 +319,8 @@ class Sandbox:
         if self.uid is not None:
             self.kill_all()
             confine.remove_ipc(self.uid, self.gid)
-            # As many as the files limit lets a child leave before it is stopped, a thousand to an rm (one
-            # each took 22 s for 20,000): bounded in count and time. Its processes are dead: no path changes.
-            owned = [str(p) for p in self._owned(self.shared_folders)]
-            for start in range(0, len(owned), 1000):
-                subprocess.run(["rm", "-rf", "--", *owned[start:start + 1000]], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+            # As many as the files limit lets a child leave before it is stopped. Its processes are dead.
+            confine.remove_many(self._owned(self.shared_folders))
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
