@@ -144,6 +144,7 @@ class Sandbox:
 
         def apply():
             os.umask(0o077)
+            open("/proc/self/oom_score_adj", "w").write("1000")  # RLIMIT_AS bounds each alone: OOM kills these first
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             resource.setrlimit(resource.RLIMIT_FSIZE, (LIMITS.file_mb << 20, LIMITS.file_mb << 20))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from course import collect, judge
+from course.sandbox import Sandbox
 from course.settings import LIMITS
+from course.untrusted import remove
 
 FAR = "log_normal_mixture: far points, tiny variances"
 SEED = 5
@@ -116,3 +118,24 @@ def test_a_million_zip_members_in_a_few_megabytes_cost_the_grader_seconds_not_mi
     found = collect.collect(upload)
     assert time.monotonic() - start < 5
     assert list(found.files) == ["codebase/utils.py"] and found.ignored == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: RLIMIT_AS bounds each process, not all of the sandbox user's together
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_out_of_memory_killer_takes_the_students_processes_first(grader_python, mnist_dir, tmp_path):
+    """Four children forked by the probe held 4.8 GB under --memory-gb 4.5, and the processes limit allows
+    dozens: where they fill the machine, the kernel must kill them, not the grader or the judge (score 0)."""
+    box, folder = Sandbox.open(grader_python, mnist_dir), None
+    try:
+        folder = box.make_workdir({}, ("home",))
+        read = "print(open('/proc/self/oom_score_adj').read().strip())"
+        outcome = box.run([grader_python, "-c", read], folder, {"PATH": "/usr/bin:/bin"}, 60)
+        assert outcome.out.text().strip() == "1000", outcome.err.text()
+        assert open("/proc/self/oom_score_adj").read().strip() == "0"
+    finally:
+        box.close()
+        if folder is not None:
+            remove(folder)
