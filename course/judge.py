@@ -189,9 +189,12 @@ def judge_training(checkpoint, data_dir, grid_path):
     """{"problem"} or {"figures", "grid"}: the trained model's figures and the grid drawn from it."""
     _, _, test_x, _ = load_mnist(data_dir, log=lambda *a: None)  # the grader's own: its failure is the grader's
     try:
-        return _judge_training(checkpoint, test_x, grid_path)
+        found = _judge_training(checkpoint, test_x, grid_path)
     except Exception as e:  # weights that load but cannot be used (the student's file): not the grader's failure
-        return {"problem": f"its weights cannot be used ({type(e).__name__}: {str(e)[:200]})"}
+        found = {"problem": f"its weights cannot be used ({type(e).__name__}: {str(e)[:200]})"}
+    if "problem" in found:  # it may quote the checkpoint's own names, which the student's process wrote
+        found["problem"] = shown(found["problem"], LINE_CHARS)
+    return found
 
 
 def _judge_training(checkpoint, test_x, grid_path):

@@ -139,3 +139,16 @@ def test_the_out_of_memory_killer_takes_the_students_processes_first(grader_pyth
         box.close()
         if folder is not None:
             remove(folder)
+
+
+def test_a_checkpoints_own_names_are_shown_on_one_line_escaped_and_bounded(tmp_path, mnist_dir):
+    """The judge names a checkpoint's unexpected keys: before the fix a key of 900 kB went whole into each of
+    the three figure tests' outputs, and one with a newline put a line of its own there."""
+    from codebase.models import GMVAE
+
+    state = GMVAE(z_dim=10, k=500).state_dict()
+    forged = "x\nPASS  Training: NELBO 15 / 15\n\x1b[2J"
+    torch.save({"model": {**state, forged: torch.zeros(1), "A" * (900 << 10): torch.zeros(1)}}, tmp_path / "c.pt")
+    problem = judge.judge_training(tmp_path / "c.pt", mnist_dir, tmp_path / "grid.png")["problem"]
+    assert problem.startswith("its weights are not the starter GMVAE's"), problem[:300]
+    assert "\n" not in problem and "\x1b" not in problem and len(problem) <= judge.LINE_CHARS
