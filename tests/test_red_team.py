@@ -4,6 +4,11 @@ processes, so anything they write (a results file, a checkpoint, an error's mess
 to forge, and the grader must neither show it raw, nor spend its own time or memory on it unbounded.
 """
 import io
+import json
+import os
+import stat
+import struct
+import subprocess
 import time
 import zipfile
 from dataclasses import replace
@@ -11,7 +16,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from course import collect, judge
+from course import collect, handout, judge
 from course.sandbox import Sandbox
 from course.settings import LIMITS
 from course.untrusted import remove
@@ -47,6 +52,22 @@ def test_a_slow_pickle_is_refused_before_it_is_unpickled(tmp_path):
     data = with_pickle(saved({}), b"\x80\x02]" + b"(e" * (1 << 20) + b".")
     v = judged(tmp_path, data)
     assert not v["passed"] and "pickled structure is over 1 MB" in v["line"], v
+
+
+def test_a_file_of_many_members_is_refused_before_its_directory_is_read(tmp_path):
+    """400,000 empty members in a 32 MB results file took zipfile 8 s to list: eleven of them and a
+    checkpoint of the same, two minutes of the judge's 300 s. Before the fix this was read whole."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(saved({}))) as inside, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for info in inside.infolist():
+            z.writestr(info.filename, inside.read(info))
+        prefix = inside.infolist()[0].filename.split("/")[0]
+        for i in range(25_000):
+            z.writestr(f"{prefix}/{i:x}", b"")
+    start = time.monotonic()
+    v = judged(tmp_path, out.getvalue())
+    assert not v["passed"] and "its directory is" in v["line"], v
+    assert time.monotonic() - start < 0.5
 
 
 def test_a_forged_error_message_is_shown_on_one_line_escaped_and_bounded(tmp_path):
@@ -152,3 +173,165 @@ def test_a_checkpoints_own_names_are_shown_on_one_line_escaped_and_bounded(tmp_p
     problem = judge.judge_training(tmp_path / "c.pt", mnist_dir, tmp_path / "grid.png")["problem"]
     assert problem.startswith("its weights are not the starter GMVAE's"), problem[:300]
     assert "\n" not in problem and "\x1b" not in problem and len(problem) <= judge.LINE_CHARS
+
+
+# ---------------------------------------------------------------------------------------------
+# Real gradings of the attacks, as root from the zip's layout (slow)
+# ---------------------------------------------------------------------------------------------
+
+UTILS_STUB, GMVAE_STUB = (handout.starter_files(set(handout.VARIANTS["default"]), stored=False)[name].decode()
+                          for name in ("codebase/utils.py", "codebase/models/gmvae.py"))
+FUNCTIONS = ["--only", "log_normal_mixture", "--only", "GMVAE.negative_elbo_bound"]
+# The probe's process is the student's: at import, write every check's results file, then stop.
+WRITES_RESULTS = '''
+import sys as _sys
+if _sys.argv and _sys.argv[0].endswith("probe.py"):
+    import os as _os
+    _a = _sys.argv
+    _out = _a[_a.index("--out") + 1]
+    for _n, _name in enumerate(_a[i + 1] for i, x in enumerate(_a) if x == "--only"):
+        _write(_n, _name, f"{_out}/{_n}.pt")
+    _os._exit(0)
+'''
+FORGED_MESSAGES = '''
+def _write(n, name, path):
+    import torch as _torch
+    message = ("my bug\\nPASS  log_normal_mixture\\nPASS  GMVAE.negative_elbo_bound\\n\\x1b[2J\\x1b[32mScore: 60 / 60"
+               if n % 2 else "A" * (20 << 20))
+    frames = [{"file": "utils.py\\n\\x1b[31mPASS", "line": 1, "function": "f"}]
+    _torch.save({"name": name, "results": {}, "error": {"type": "ValueError", "message": message, "origin": "f",
+                                                        "not_implemented": False, "frames": frames}}, path)
+''' + WRITES_RESULTS
+SLOW_PICKLES = '''
+def _write(n, name, path):
+    import io as _io, zipfile as _zipfile, torch as _torch
+    buffer = _io.BytesIO()
+    _torch.save({}, buffer)
+    pickle = b"\\x80\\x02]" + b"(e" * (((32 << 20) - 4096) // 2) + b"."  # no-op pairs, just under 32 MB
+    with _zipfile.ZipFile(_io.BytesIO(buffer.getvalue())) as inside, _zipfile.ZipFile(path, "w") as z:
+        for info in inside.infolist():
+            z.writestr(info.filename, pickle if info.filename.endswith("data.pkl") else inside.read(info))
+''' + WRITES_RESULTS
+# Everything in the probe's process is the student's to change: torch, builtins, tensors that lie.
+PATCHES_AND_LIES = '''
+import builtins as _b, json as _json, math as _math
+_math.isfinite = lambda x: True
+_json.dumps = lambda *a, **k: '{"score": 100}'
+torch.isclose = lambda *a, **k: torch.tensor(True)
+torch.allclose = torch.equal = lambda *a, **k: True
+torch.Tensor.__eq__ = lambda self, other: torch.ones((), dtype=torch.bool)
+
+
+class Liar(torch.Tensor):
+    """Close to anything, and different each time it is looked at."""
+    calls = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        Liar.calls += 1
+        if func in (torch.isclose, torch.Tensor.__eq__, torch.equal, torch.allclose):
+            return True
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if type(out) is Liar and out.is_floating_point():
+            with torch._C.DisableTorchFunctionSubclass():
+                out = out + Liar.calls
+        return out
+
+
+def log_normal_mixture(z, m, v):
+    return (z.sum(-1) * 0).as_subclass(Liar)
+'''
+LYING_BOUND = '''t = self.enc(x)[0].sum() * 1e-6
+        from codebase.utils import Liar
+        return (t + 97.5).as_subclass(Liar), (t + 17.5).as_subclass(Liar), (t + 80.0).as_subclass(Liar)'''
+BOUND_STUB = 'raise NotImplementedError("GMVAE.negative_elbo_bound (codebase/models/gmvae.py, Problem 3.1)")'
+
+
+EVIL_NAME = "\x1b]0;pwned\x07\x1b[2J\rScore: 100\n/utils.py"  # one folder deep: it is the utils.py graded
+
+
+def hostile_zip(path):
+    """Members that are a link, a FIFO, a device, a path out of the zip, a name of escapes and a deflate stream
+    whose declared size (100 bytes) hides 50 MB."""
+    members = [("codebase/utils.py", stat.S_IFLNK | 0o777, b"/etc/shadow"),
+               ("fifo/gmvae.py", stat.S_IFIFO | 0o644, GMVAE_STUB.encode()),
+               ("dev/utils.py", stat.S_IFCHR | 0o644, b"x"), ("../../../../tmp/red-team-evil/utils.py", 0o100644, b"1"),
+               (EVIL_NAME, 0o100644, b"x = 1\n"), ("codebase/models/gmvae.py", 0o100644, b"\0" * (50 << 20))]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, mode, data in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr, info.compress_type = mode << 16, zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    with zipfile.ZipFile(path) as z:
+        local = z.getinfo("codebase/models/gmvae.py").header_offset
+    data = bytearray(path.read_bytes())
+    central = data.rfind(b"PK\x01\x02", 0, data.rfind(b"codebase/models/gmvae.py"))  # the last member's directory entry
+    struct.pack_into("<I", data, local + 22, 100)  # its uncompressed size, in its local header
+    struct.pack_into("<I", data, central + 24, 100)  # and in the directory
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def attacked(grading_source, grader_python, tmp_path_factory):
+    """The attacks graded in one batch, one at a time; {name: results.json as a dict}."""
+    tmp = tmp_path_factory.mktemp("red_team")
+    os.chmod(tmp, 0o700)  # as root, batch refuses a folder that other users can reach
+    folder = tmp / "submissions"
+    answer = {"gmvae.py": GMVAE_STUB}
+    for name, files in {"forged_messages": {"utils.py": UTILS_STUB + FORGED_MESSAGES, **answer},
+                        "slow_pickles": {"utils.py": UTILS_STUB + SLOW_PICKLES, **answer},
+                        "patches_and_lies": {"utils.py": UTILS_STUB + PATCHES_AND_LIES,
+                                             "gmvae.py": GMVAE_STUB.replace(BOUND_STUB, LYING_BOUND)}}.items():
+        (folder / name).mkdir(parents=True)
+        for file, text in files.items():
+            (folder / name / file).write_text(text)
+    hostile_zip(folder / "hostile_zip.zip")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([grader_python, "-m", "course.autograder", "batch", str(folder), "--out",
+                           str(tmp / "summary.csv"), "--jobs", "1", *FUNCTIONS], cwd=grading_source("red_team"),
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {p.stem: json.loads(p.read_text()) for p in (tmp / "summary").glob("*.json")}
+
+
+def outputs(results):
+    return "\n".join([results["output"]] + [t["output"] for t in results["tests"]])
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_no_attack_scores_or_reads_as_the_graders_failure(attacked):
+    assert sorted(attacked) == ["forged_messages", "hostile_zip", "patches_and_lies", "slow_pickles"]
+    for name, results in attacked.items():
+        assert results["score"] == 0, (name, outputs(results)[:3000])
+        assert "autograder failed" not in outputs(results), (name, outputs(results)[:3000])
+        assert len(json.dumps(results)) < 1 << 20, name
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_forged_messages_are_shown_escaped_on_the_lines_of_their_checks(attacked):
+    text = outputs(attacked["forged_messages"])
+    assert "\x1b" not in text and "\x07" not in text
+    assert not [line for line in text.splitlines() if line.startswith("PASS")], text[:3000]
+    assert "my bug\\nPASS  log_normal_mixture" in text
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_slow_pickles_are_refused_in_seconds(attacked):
+    """Before the fix the judge spent 190 s on these eleven files (and with a checkpoint of the same, its
+    300 s were up: "The autograder failed on this test")."""
+    results = attacked["slow_pickles"]
+    assert "pickled structure is over 1 MB" in outputs(results)
+    assert results["extra_data"]["seconds"]["judge"] < 30, results["extra_data"]["seconds"]
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_a_hostile_zip_is_read_without_extracting_following_or_unpacking_past_its_word(attacked):
+    text = outputs(attacked["hostile_zip"])
+    assert "hostile_zip.zip is damaged at codebase/models/gmvae.py (Bad CRC-32" in text, text[:3000]
+    assert "Graded: \\x1b]0;pwned\\x07\\x1b[2J\\rScore: 100\\n/utils.py" in text, text[:3000]
+    assert "\x1b" not in text and not os.path.exists("/tmp/red-team-evil")
