@@ -335,3 +335,10 @@ def test_a_hostile_zip_is_read_without_extracting_following_or_unpacking_past_it
     assert "hostile_zip.zip is damaged at codebase/models/gmvae.py (Bad CRC-32" in text, text[:3000]
     assert "Graded: \\x1b]0;pwned\\x07\\x1b[2J\\rScore: 100\\n/utils.py" in text, text[:3000]
     assert "\x1b" not in text and not os.path.exists("/tmp/red-team-evil")
+
+
+def test_printed_output_loses_its_bidirectional_controls():
+    """A right-to-left override shows "| \\u202e001 / 001 :erocS" as "| Score: 100 / 100"."""
+    from course.untrusted import clean
+
+    assert clean("\u202e001 / 001 :erocS\n\u2066x\u2069 \u200fy") == "| 001 / 001 :erocS\n| x y"
