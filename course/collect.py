@@ -7,6 +7,7 @@ path out of the zip), nothing is opened past its size limit (LIMITS), and a dama
 depth of zips inside zips, is named as the submission's: the rest is graded.
 """
 import collections
+import hashlib
 import io
 import stat
 import zipfile
@@ -53,7 +54,8 @@ def collect(submission):
     """
     found = Found()
     budget = _Budget()
-    entries = _with_inner_zips(_submission_entries(submission, budget, found.notes), found.notes, budget)
+    entries = _submission_entries(submission, budget, found.notes)
+    entries = _with_inner_zips(entries, found.notes, budget, _digests_of(submission))
     for target, short in STUDENT_FILES.items():
         full = [n for n in entries if n == target or n.endswith("/" + target)]
         bare = [n for n in entries if n == short or n.endswith("/" + short)]
@@ -193,10 +195,20 @@ def _zip_entries(file, name, budget):
     return entries
 
 
-def _with_inner_zips(entries, notes, budget):
+def _digests_of(submission):
+    """{the sha256 of the submission}, if it is a file (a zip), else an empty set."""
+    path = Path(submission)
+    if not path.is_file():
+        return set()
+    with open(path, "rb") as f:
+        return {hashlib.file_digest(f, "sha256").digest()}
+
+
+def _with_inner_zips(entries, notes, budget, seen):
     """entries, and the files of each zip among them as "<zip's path>/<path inside>", at any depth:
     students upload a folder that holds their zipped repository, or a zip of a zip. A zip that cannot be
-    opened is named in `notes` and left as a file."""
+    opened is named in `notes` and left as a file; one whose bytes were opened before (their sha256s are in
+    `seen`) is not opened again: a zip quine unpacks to itself, and each level's names are longer."""
     found, todo = dict(entries), collections.deque(entries.items())
     while todo:  # breadth first, without recursion
         name, (read, size) = todo.popleft()
@@ -207,7 +219,12 @@ def _with_inner_zips(entries, notes, budget):
                          "MB of a zip that is looked into: not opened.")
             continue
         try:
-            inner = _zip_entries(io.BytesIO(read()), name, budget)
+            data = read()
+            digest = hashlib.sha256(data).digest()
+            if digest in seen:
+                raise SubmissionError(f"{shown(name)} is a copy of a zip already looked into")
+            seen.add(digest)
+            inner = _zip_entries(io.BytesIO(data), name, budget)
         except SubmissionError as e:
             notes.append(f"{e}: not opened.")
             continue

@@ -110,7 +110,8 @@ def zip_of(files, path):
 def test_a_zip_whose_directory_could_hold_more_files_than_the_budget_is_not_opened(tmp_path, monkeypatch):
     monkeypatch.setattr(collect, "LIMITS", replace(LIMITS, max_entries=1000))
     inner = empty_members(800)  # its directory could hold 921 members: the first opens, the second cannot
-    found = collect.collect(zip_of({"utils.py": "x = 1\n", "a.zip": inner, "b.zip": inner}, tmp_path / "up.zip"))
+    found = collect.collect(zip_of({"utils.py": "x = 1\n", "a.zip": inner, "b.zip": empty_members(801)},
+                                   tmp_path / "up.zip"))
     assert list(found.files) == ["codebase/utils.py"]
     assert any(n.startswith("b.zip could hold more files than the 1,000") and n.endswith("not opened.")
                for n in found.notes), found.notes
@@ -342,3 +343,19 @@ def test_printed_output_loses_its_bidirectional_controls():
     from course.untrusted import clean
 
     assert clean("\u202e001 / 001 :erocS\n\u2066x\u2069 \u200fy") == "| 001 / 001 :erocS\n| x y"
+
+
+def test_a_zip_that_holds_itself_is_looked_into_once(tmp_path, monkeypatch):
+    """A zip quine (droste.zip: 440 bytes whose member r/r.zip unpacks to the zip itself) nests without end:
+    each level's names are longer by one r/r.zip, so 100,000 levels (the files' budget; the unzipped one
+    allowed a million) would hold 40 GB of names. Its member is played here by a zip that reads as itself."""
+    quine = zip_of({"r/r.zip": b"a stand-in for the zip itself", "utils.py": "x = 1\n"}, tmp_path / "r.zip")
+    own = quine.read_bytes()
+    read = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, pwd=None: own if getattr(name, "filename", name) == "r/r.zip"
+                        else read(self, name, pwd))
+    monkeypatch.setattr(collect, "LIMITS", replace(LIMITS, max_entries=3000))
+    found = collect.collect(quine)
+    assert found.ignored <= 3, found.ignored  # r/r.zip, and once inside it: its r/r.zip and utils.py
+    assert any("a copy of a zip already looked into" in n for n in found.notes), found.notes
