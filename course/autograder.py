@@ -193,6 +193,8 @@ def score(ran, grading):
                       if wanted(t["name"])]
     grading.extra["figures"] = (judged or {}).get("figures")
     grading.extra["ranges"] = ranges
+    if ran.trained.step:
+        grading.extra["training_step"] = ran.trained.step  # as the run says: compiled or eager (--compile)
     if ran.trained.claimed:
         grading.extra["figures_printed_by_the_run"] = {t: v if math.isfinite(v) else str(v)
                                                        for t, v in ran.trained.claimed.items()}

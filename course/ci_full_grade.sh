@@ -59,6 +59,7 @@ results = json.load(open(sys.argv[1]))
 for test in results["tests"]:
     print(f"{test['score']:>6g} / {test['max_score']:<3g} {test['name']}: {test['output'].splitlines()[0]}")
 extra = results["extra_data"]
+print(f"training step (as the run says): {extra.get('training_step')}")
 print(f"score: {results['score']:g} / 100; the student's code ran {extra['sandbox']}; "
       f"grading took {results['execution_time']:.0f} s (results.json's execution_time: "
       + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in extra["seconds"].items()) + ")")

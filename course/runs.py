@@ -29,6 +29,8 @@ def child_env(workdir, threads):
     n = str(threads)
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir / "home"),
             "TMPDIR": str(workdir / "home"), "MPLCONFIGDIR": str(workdir / "home"), "MPLBACKEND": "Agg",
+            # torch.compile's cache, in the sandbox user's own folder: nothing else is writable there.
+            "TORCHINDUCTOR_CACHE_DIR": str(workdir / "home" / "inductor"),
             "USER": "student", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
@@ -127,6 +129,7 @@ class Trained:
     checkpoint: Path = None  # the trusted copy of the final checkpoint, or None
     failure: str = ""  # why the run counts for nothing, or ""
     claimed: dict = None  # the figures the run printed into its results.json (only shown)
+    step: str = None  # how the run says its training step ran, "compiled" or "eager" (only shown)
 
 
 def train(workdir, box, options, threads, data_dir, trusted):
@@ -140,7 +143,7 @@ def train(workdir, box, options, threads, data_dir, trusted):
     reached = lambda: _iteration_reached(workdir)
     outcome = box.run(argv, workdir, child_env(workdir, threads), options.train_seconds,
                       progress=(reached, LIMITS.progress_seconds, LIMITS.startup_seconds))
-    run = Trained(outcome, claimed=_claimed(workdir))
+    run = Trained(outcome, claimed=_claimed(workdir), step=_claimed(workdir, step=True))
     # Imported here, as it imports torch: the grader must start, and refuse to grade (Sandbox.open), with a
     # Python that has none.
     from codebase.runtime import checkpoint
@@ -166,11 +169,14 @@ def _iteration_reached(workdir):
         return 0
 
 
-def _claimed(workdir):
-    """The figures the run wrote into its results.json, or None."""
+def _claimed(workdir, step=False):
+    """The figures the run wrote into its results.json, or with `step` how it says its step ran
+    ("compiled" or "eager"); None where it wrote none."""
     raw, _ = read_beneath(workdir, GRADED.log_dir / "results.json", LIMITS.max_printed_bytes)
     try:  # the student's process wrote it: anything may be in it, and it is only shown
         claimed = json.loads(raw)
+        if step:
+            return {"compiled": "compiled", "eager": "eager"}.get(claimed["compile"]["path"])
         return {t: float(claimed[t]) for t in FIGURE_TESTS.values()}
     except Exception:
         return None

@@ -959,5 +959,6 @@ def test_the_zip_installs_with_its_own_setup_and_grades_the_model_answer_in_full
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "score: 100 / 100" in out.stdout
+    assert "training step (as the run says): compiled" in out.stdout  # --compile auto, in the sandbox
     if os.geteuid() == 0:
         assert "the student's code ran as uid" in out.stdout

@@ -26,6 +26,13 @@ if ! new_enough "$PYTHON"; then
     new_enough "$PYTHON" || { echo "setup.sh: needs Python 3.11 or newer with venv (PYTHON=$PYTHON)" >&2; exit 1; }
 fi
 
+# torch.compile's CPU backend builds C++: with g++ the training step compiles (--compile auto), and
+# without it a run trains eagerly, only slower.
+if ! command -v g++ >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++; } \
+        || echo "setup.sh: g++ could not be installed; the training step will run eagerly" >&2
+fi
+
 "$PYTHON" -m venv "$VENV"
 TORCH_PIN="$(grep -E '^torch==' "$SOURCE/course/gradescope/requirements.txt")"
 if [ -n "$TORCH_INDEX" ]; then
