@@ -7,6 +7,7 @@ visible in /proc to the sandbox user, so nothing named on one may be readable by
 copied into a folder of root's alone and graded from there, the per-student results folder is root's
 alone, and as root a FOLDER that other users can reach is refused (it is named on batch's own command line).
 """
+import collections
 import concurrent.futures
 import json
 import os
@@ -22,7 +23,7 @@ from codebase.runtime.cpus import usable_cpus
 from course import report
 from course.collect import IGNORED_PARTS, ROOT, submissions_in
 from course.options import DEFAULTS, option_argv
-from course.settings import worst_case_seconds
+from course.settings import LIMITS, worst_case_seconds
 from course.untrusted import shown
 
 
@@ -74,24 +75,37 @@ def reachable_by_others(path):
 
 def private_copy(path, copies):
     """A copy of the submission `path` (a folder or a zip) under its own name, in a new folder inside
-    `copies`, of root's alone. Of a folder, only its folders and regular files are copied, without
-    following a link: all that collect() would take from it."""
+    `copies`, of root's alone. Of a folder, only what collect() would look at: its folders and regular
+    files, without following a link, shallowest first and in collect's order, max_entries of them and one
+    more (so that collect says it stopped); a file larger than any that collect() reads is copied as a
+    sparse file of its size, which collect names as too large. An upload of a million files, or of
+    gigabytes, costs the copy no more than collect."""
     folder = Path(tempfile.mkdtemp(dir=copies))
     copy = folder / path.name
     if not path.is_dir():
         shutil.copyfile(path, copy, follow_symlinks=False)
         return copy
-    todo = [(path, copy)]
+    todo, left = collections.deque([(path, copy)]), LIMITS.max_entries + 1
+    largest = max(LIMITS.max_source_bytes, LIMITS.max_inner_zip_bytes)
+    copy.mkdir(mode=0o700)
     while todo:  # without recursion (as shutil.copytree would): a submission's folders may go thousands deep
-        source, dest = todo.pop()
-        dest.mkdir(mode=0o700)
-        for entry in os.scandir(source):
+        source, dest = todo.popleft()
+        for entry in sorted(os.scandir(source), key=lambda e: e.name):
+            if left <= 0:
+                return copy
             if entry.name in IGNORED_PARTS:
                 continue
+            left -= 1
             if entry.is_dir(follow_symlinks=False):
+                (dest / entry.name).mkdir(mode=0o700)
                 todo.append((Path(entry.path), dest / entry.name))
             elif entry.is_file(follow_symlinks=False):
-                shutil.copyfile(entry.path, dest / entry.name, follow_symlinks=False)
+                size = entry.stat(follow_symlinks=False).st_size
+                if size > largest:
+                    with open(dest / entry.name, "wb") as f:
+                        f.truncate(size)
+                else:
+                    shutil.copyfile(entry.path, dest / entry.name, follow_symlinks=False)
     return copy
 
 

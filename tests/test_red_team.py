@@ -359,3 +359,24 @@ def test_a_zip_that_holds_itself_is_looked_into_once(tmp_path, monkeypatch):
     found = collect.collect(quine)
     assert found.ignored <= 3, found.ignored  # r/r.zip, and once inside it: its r/r.zip and utils.py
     assert any("a copy of a zip already looked into" in n for n in found.notes), found.notes
+
+
+def test_batch_copies_of_a_submission_go_as_far_as_collect_looks(tmp_path, monkeypatch):
+    """Batch copies each submission before grading it: before the fix, the whole of it (200,000 files took
+    20 s here, and a file of gigabytes was copied whole), where collect looks at max_entries of them."""
+    from course import batch
+
+    monkeypatch.setattr(batch, "LIMITS", replace(LIMITS, max_entries=20))
+    submission = tmp_path / "alice"
+    for i in range(50):
+        (submission / "deep" / "junk" / f"{i:02d}").mkdir(parents=True)
+    (submission / "codebase").mkdir()
+    (submission / "codebase" / "utils.py").write_text("x = 1\n")
+    with open(submission / "big.zip", "wb") as f:
+        f.truncate(10 << 30)  # 10 GB, sparse: only its size is read
+    (tmp_path / "copies").mkdir()
+    copy = batch.private_copy(submission, tmp_path / "copies")
+    copied = list(copy.rglob("*"))
+    assert len(copied) == 21, len(copied)
+    assert (copy / "codebase" / "utils.py").read_text() == "x = 1\n"
+    assert (copy / "big.zip").stat().st_size == 10 << 30 and (copy / "big.zip").stat().st_blocks == 0
