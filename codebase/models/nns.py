@@ -1,5 +1,4 @@
 """The encoder and decoder MLPs that both models use."""
-import torch
 from torch import nn
 
 from codebase import utils as ut
@@ -8,37 +7,12 @@ X_DIM = 784
 HIDDEN = 300
 
 
-class _ELUFunction(torch.autograd.Function):
-    """ELU (alpha = 1) with e = exp(min(x, 0)): elu(x) = relu(x) + (e - 1), elu'(x) = e.
-
-    It is nn.ELU's function, written with exp because expm1, which nn.ELU uses, is slow on CPUs.
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        e = torch.exp(torch.clamp(x, max=0))
-        ctx.save_for_backward(e)
-        return torch.relu(x) + (e - 1)  # e - 1 is exactly 0 for x > 0
-
-    @staticmethod
-    def backward(ctx, grad):
-        (e,) = ctx.saved_tensors
-        return grad * e
-
-
-class ELU(nn.Module):
-    """The same function as nn.ELU(), computed faster (see _ELUFunction)."""
-
-    def forward(self, x):
-        return _ELUFunction.apply(x)
-
-
 def mlp(sizes):
     """Linear layers of the given sizes with ELU between them (none after the last)."""
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if i:
-            layers.append(ELU())
+            layers.append(nn.ELU())
         layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
 
