@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.train_speed import TextbookGMVAE
+from benchmarks.train_speed import TextbookGMVAE, textbook_loop
 from codebase.config import Config
 from codebase.data import ensure_mnist, load_mnist
 from codebase.evaluate import evaluate
@@ -44,17 +44,7 @@ def textbook_run(iterations, data_dir):
     torch.manual_seed(0)
     model = TextbookGMVAE(z_dim=config.z, k=config.k).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    done = 0
-    while done < iterations:
-        for xu, _ in loader:
-            x = torch.bernoulli(xu.to(device).reshape(xu.size(0), -1))
-            optimizer.zero_grad()
-            loss, _, _ = model.negative_elbo_bound(x)
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == iterations:
-                break
+    textbook_loop(model, optimizer, loader, iterations, device)
     test_x = load_mnist(data_dir, log=lambda *a: None)[2]
     return evaluate(model, test_x, device)["nelbo"]
 

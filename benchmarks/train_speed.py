@@ -61,10 +61,16 @@ def textbook_steps_per_second(config, device, steps, model_cls):
     torch.manual_seed(0)
     model = model_cls(z_dim=config.z, k=config.k).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    done, began = 0, None
+    return (steps - 10) / textbook_loop(model, optimizer, loader, steps, device)
+
+
+def textbook_loop(model, optimizer, loader, steps, device):
+    """`steps` eager steps over `loader`, pass after pass; returns the seconds of those after the first 10
+    (their warm-up)."""
+    done, began = 0, time.perf_counter()
     while done < steps:
         for xu, _ in loader:
-            if done == 10:  # leave out the first steps' warm-up
+            if done == 10:
                 sync(device)
                 began = time.perf_counter()
             x = torch.bernoulli(xu.to(device).reshape(xu.size(0), -1))
@@ -76,7 +82,7 @@ def textbook_steps_per_second(config, device, steps, model_cls):
             if done == steps:
                 break
     sync(device)
-    return (steps - 10) / (time.perf_counter() - began)
+    return time.perf_counter() - began
 
 
 def project_steps_per_second(config, device, steps):

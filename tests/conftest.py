@@ -61,6 +61,17 @@ def mnist_dir():
     return ROOT / "data"
 
 
+@pytest.fixture(scope="module")
+def starter(tmp_path_factory, mnist_dir):
+    """The default starter, written once per module; its data/ points at the test MNIST cache."""
+    from course import handout
+
+    dest = tmp_path_factory.mktemp("handout") / "starter"
+    assert handout.main([str(dest)]) == 0
+    (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def grader_python(mnist_dir):
     """A Python that the grader's sandbox user can run, with this one's packages.

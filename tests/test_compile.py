@@ -318,13 +318,6 @@ runpy.run_path({str(ROOT / "run_gmvae.py")!r}, run_name="__main__")
 
 # The starter: what a student sees with compiling on is what they saw before it.
 
-@pytest.fixture(scope="module")
-def starter(tmp_path_factory, mnist_dir):
-    """The default starter; its data/ points at the test MNIST cache."""
-    dest = tmp_path_factory.mktemp("handout") / "starter"
-    assert handout.main([str(dest)]) == 0
-    (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
-    return dest
 
 
 @pytest.mark.slow

@@ -34,15 +34,6 @@ def run_in(folder, *args, timeout=900):
                           timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module")
-def starter(tmp_path_factory, mnist_dir):
-    """The default starter, written once; its data/ points at the test MNIST cache."""
-    dest = tmp_path_factory.mktemp("handout") / "starter"
-    assert handout.main([str(dest)]) == 0
-    (dest / "data").symlink_to(mnist_dir, target_is_directory=True)
-    return dest
-
-
 def answer_regions():
     """{path: regions} of every copied source file of the model answer."""
     return {name: handout.parse(path.read_text(), name)

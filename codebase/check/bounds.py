@@ -191,9 +191,9 @@ def _within(diffs, reference=None, slack=2e-3):
 
     The spread is the smaller of the differences' own and that of two independent draws of the reference:
     a bound that draws the same z differs by almost nothing, so a small steady bias shows; one that draws z
-    in another order varies as the reference does (and is outside about once in 10^9); and a bound of pure
-    noise cannot widen its own tolerance. Without a reference (code compared with itself), the
-    differences' own spread."""
+    in another order varies as the reference does (and, with 16 draws' t of 15 degrees of freedom, is
+    outside about once in 40,000); and a bound of pure noise cannot widen its own tolerance. Without a
+    reference (code compared with itself), the differences' own spread."""
     spread = diffs.std() if reference is None else min(diffs.std(), math.sqrt(2) * reference.std())
     return bool(diffs.mean().abs() <= 6 * spread / math.sqrt(len(diffs)) + slack)
 
