@@ -136,8 +136,8 @@ def check_results(logs, model):
     path = folder / "results.json"
     if not path.is_file():
         raise Failure(f"no results.json in {folder}: the run has not finished (it is training, or it was "
-                      "interrupted)", f"if it was interrupted, the same command with --resume continues it; its "
-                                      f"curve so far is in {folder / 'metrics.csv'}")
+                      "interrupted)", f"if it was interrupted, python run_{model}.py --resume, with the flags it was "
+                                      f"started with, continues it; its curve so far is in {folder / 'metrics.csv'}")
     try:
         results = json.loads(path.read_text())
         values = {term: float(results[term]) for term in TERMS}
