@@ -1,10 +1,6 @@
-"""Training: Adam over shuffled passes of MNIST, every batch binarised afresh.
-
-The whole training set sits on the device as one tensor of gray levels, and each batch is taken
-from it by index. train() below is the whole loop; what it calls from codebase/runtime/ writes
-metrics.csv and the checkpoints, turns Ctrl-C into a clean stop, and, with --cuda-graph, replays
-the step as one CUDA graph.
-"""
+"""Training: Adam over shuffled passes of MNIST, every batch binarised afresh. The training set sits on the
+device as one tensor of gray levels, and each batch is taken from it by index. train() is the whole loop;
+codebase/runtime/ holds what it calls: checkpoints, metrics.csv, Ctrl-C, the compiled and the graphed step."""
 import time
 
 import torch
@@ -69,9 +65,8 @@ def binarised_bound(model):
 
 
 def make_step(model, optimizer, generator, bound=None):
-    """One training step on a batch of gray levels, tensor: (batch, 784) in [0, 1]; it returns the
-    batch's nelbo, kl and rec before the update, tensor: (3,). bound: binarised_bound(model) (the
-    default) or that compiled (codebase/runtime/compiled.py)."""
+    """step(gray) -> the batch's (nelbo, kl, rec) before the update, tensor: (3,): one Adam step on a batch of
+    gray levels. bound: binarised_bound(model) (the default) or that compiled (runtime/compiled.py)."""
     bound = bound or binarised_bound(model)
 
     def step(gray):
@@ -85,62 +80,51 @@ def make_step(model, optimizer, generator, bound=None):
 
 
 def train(model, optimizer, data, config, device, generator, start=0, train_seconds=0.0, log=print, report=None):
-    """Train from iteration `start` to config.iter_max, saving checkpoints on the way.
+    """Train from iteration `start` to config.iter_max, saving checkpoints on the way; return the seconds
+    of training, `train_seconds` of the sessions before `start` included.
 
     Args:
-        model: GMVAE or VAE, on `device`
-        optimizer: from make_optimizer
-        data: tensor: (n, 784): training gray levels in [0, 1], on `device`
-        config: Config
-        device: torch.device: where training runs
-        generator: torch.Generator: from training_generator
-        start: int: iterations already done (a resumed run)
-        train_seconds: float: training time already spent before `start`
-        log: callable: where messages go
-        report: dict or None: given, report["compile"] says how the step ran (--compile): its path
-            ("compiled" or "eager"), why, and the seconds compiling took
-
-    Returns:
-        train_seconds: float: total training time, earlier sessions included
+        data: tensor: (n, 784): the training set's gray levels in [0, 1], on `device`
+        optimizer, generator: from make_optimizer and training_generator
+        report: dict or None: given, report["compile"] says how the step ran (--compile), and why
 
     Raises:
         Interrupted: on Ctrl-C, SIGTERM or SIGHUP, after saving a checkpoint
-        NonFiniteLoss: if the loss stops being finite; no checkpoint is written after it
-        ImpossibleFigures: if a metrics row is one that no bound gives (NELBO <= 0, ...)
-        StepFailed: if a step raises an error, after saving the state before that step
-        CompileFailed: with --compile on, if the step cannot be compiled
+        NonFiniteLoss, ImpossibleFigures: a loss that is nan or inf, or figures that no bound gives
+        StepFailed: the model's code raised an error, after saving the state before that step
+        CompileFailed: with --compile on, where the step cannot be compiled
     """
-    n, batch = len(data), config.batch
     step = make_step(model, optimizer, generator)
     if graphed(config, device):
-        step = GraphedStep(step, batch, data.size(1), device, log)
+        step = GraphedStep(step, config.batch, data.size(1), device, log)
     compiling, why = compiled.choose(config.compile, device, config.iter_max - start, config.cuda_graph, log)
     if compiling:
-        step = compiled.CompiledStep(step, make_step(model, optimizer, generator,
-                                                     compiled.compiled_bound(binarised_bound(model))),
-                                     model, optimizer, generator, config.compile == "on", log, why)
+        fast = make_step(model, optimizer, generator, compiled.compiled_bound(binarised_bound(model)))
+        step = compiled.CompiledStep(step, fast, model, optimizer, generator, config.compile == "on", log, why)
     if report is not None:
         report["compile"] = step.report if compiling else {"path": "eager", "why": why, "compile_seconds": None}
-    # A loss checked at each step on the CPU; on a GPU, where a check waits for the device, once a row.
-    metrics = MetricsLog(config, start, device, log, every_step=device.type == "cpu")
+    metrics = MetricsLog(config, start, device, log)
     began = time.perf_counter()
-    seconds = lambda: train_seconds + time.perf_counter() - began
+
+    def save(iteration):
+        seconds = train_seconds + time.perf_counter() - began
+        path = checkpoint.path_for(config.checkpoint_dir, iteration)
+        checkpoint.save(path, checkpoint.training_state(model, optimizer, generator, config, iteration, seconds))
+        return path
+
+    batch, steps_per_epoch = config.batch, len(data) // config.batch
     try:
         with StopRequest() as stop, progress_bar(config, start) as bar:
             for it in range(start + 1, config.iter_max + 1):
-                epoch, position = divmod(it - 1, n // batch)
+                epoch, position = divmod(it - 1, steps_per_epoch)
                 if position == 0 or it == start + 1:
-                    order = epoch_order(config.seed, epoch, n, device)
+                    order = epoch_order(config.seed, epoch, len(data), device)
                 try:
                     stats = step(data[order[position * batch:(position + 1) * batch]])
                 except compiled.CompileFailed:  # --compile on: the compiler's failure, not the student's
                     raise
-                except Exception as e:  # the student's bound, mid-run: keep the steps made so far
-                    saved = None
-                    if it - 1 > start:  # the update comes last in a step, so the weights are still those of it - 1
-                        saved = checkpoint.path_for(config.checkpoint_dir, it - 1)
-                        checkpoint.save(saved, checkpoint.training_state(model, optimizer, generator, config,
-                                                                         it - 1, seconds()))
+                except Exception as e:  # the student's bound: keep the steps made so far
+                    saved = save(it - 1) if it - 1 > start else None  # the update comes last: it - 1's weights
                     raise StepFailed(it, saved) from e
                 stopping = stop.requested  # read once: a signal may come at any moment
                 row = metrics.add(it, stats, last=it == config.iter_max or stopping)
@@ -148,14 +132,12 @@ def train(model, optimizer, data, config, device, generator, start=0, train_seco
                     bar.set_postfix(loss=f"{row[0]:.2f}", kl=f"{row[1]:.2f}", rec=f"{row[2]:.2f}", refresh=False)
                 bar.update()
                 if it % config.iter_save == 0 or it == config.iter_max or stopping:
-                    path = checkpoint.path_for(config.checkpoint_dir, it)
-                    checkpoint.save(path, checkpoint.training_state(model, optimizer, generator, config, it,
-                                                                    seconds()))
+                    path = save(it)
                 if stopping:
                     stop.stop(it, path)
     finally:
         metrics.close()
-    return seconds()
+    return train_seconds + time.perf_counter() - began
 
 
 if __name__ == "__main__":  # python -m codebase.train would otherwise do nothing, silently

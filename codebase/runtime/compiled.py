@@ -1,23 +1,11 @@
 """The training step with its bound compiled by torch.compile (--compile {auto,on,off}).
 
-On a CPU the compiler fuses the student's own clear code (the broadcast mixture, the encoder and the
-decoder, forward and backward) into a few C++ loops: a step takes about half the time of an eager
-one, and nothing that a student writes changes. Three things must not reach a student:
-
-- an error in their code shown as a compiler traceback: the first step runs eagerly, as a trial
-  whose effects are undone, so their error raises there with their own lines;
-- a machine that cannot compile (no C++ compiler, a C++ error, an unsupported platform): with
-  `auto` the run says so in one line and trains eagerly from the same state;
-- a graph break at every step: the bound draws from the run's torch.Generator, which torch.compile
-  cannot trace, so the compiled bound draws from torch's default generator instead, loaded with the
-  run's stream before each step and read back after it. The checkpoints carry the run's generator
-  as before, and a resumed compiled run repeats an unbroken one bit for bit.
-
-The compiled and the eager step draw different numbers from the same stream (inductor makes its
-own random numbers from seeds it draws), so a compiled and an eager run of one seed agree only as
-two seeds do; each is exact within its own path.
+On a CPU the compiler fuses the student's clear code, forward and backward, into a few C++ loops: a step
+takes about three quarters of an eager one's time. A student never sees the compiler: the first step runs
+eagerly as a trial, undone, so that an error in their code raises with their own lines; where compiling
+fails, `auto` says so in one line and trains eagerly from the same state. A compiled and an eager run of
+one seed draw different random numbers (inductor makes its own), so they agree only as two seeds do.
 """
-import contextlib
 import copy
 import logging
 import time
@@ -27,11 +15,8 @@ import torch
 from codebase.runtime.errors import UserError, first_line
 
 MODES = ("auto", "on", "off")
-
-# auto compiles a run with at least this many steps to go. Compiling took 20 to 29 s cold and about
-# 6 s from inductor's cache on 2-core CPUs, and saves 5 to 6 ms of a step's 13 to 15 ms (the speed
-# issue's measurements; on 2026-12-04, one thread on a 2-core VM shared with other jobs: 15 to 32 s
-# cold, 3 s warm, 13.1 against 9.2 ms a step): about 5,000 steps repay a cold compile.
+# auto compiles a run with at least this many steps to go: on 2-core CPUs a cold compile took 15 to 30 s
+# and saved 2.5 to 6 ms of a 10 to 15 ms step (benchmarks/README.md).
 COMPILE_FROM = 5000
 
 
@@ -40,22 +25,9 @@ class CompileFailed(UserError):
 
 
 def choose(mode, device, steps, cuda_graph=False, log=print):
-    """Whether to compile the step, and why, before any training.
-
-    Args:
-        mode: str: "auto", "on" or "off" (--compile)
-        device: torch.device: where training runs
-        steps: int: the steps this session will train
-        cuda_graph: bool: --cuda-graph, which replays the step on CUDA by other means
-        log: callable: where auto says, in one line, that this machine cannot compile
-
-    Returns:
-        compile: bool
-        why: str: the reason, for results.json
-
-    Raises:
-        CompileFailed: mode "on" where the step cannot be compiled
-    """
+    """(compile: bool, why: str, for results.json), before any training: whether `mode` (--compile) compiles a
+    session of `steps` steps here. auto says in one line to `log` that this machine cannot compile; on raises
+    CompileFailed. cuda_graph: --cuda-graph, which replays the step on CUDA by other means."""
     if mode == "off":
         return False, "--compile off"
     if cuda_graph and device.type == "cuda":
@@ -87,32 +59,26 @@ def _refuse(mode, why):
 
 
 def _cpp_compiler():
-    """The C++ compiler that inductor will use on the CPU (a name or a path); raises if none works."""
+    """The C++ compiler that inductor will use on the CPU; raises if none works."""
     from torch._inductor import cpp_builder
 
     return cpp_builder.get_cpp_compiler()
 
 
 def compiled_bound(bound):
-    """bound(gray, generator) compiled: the same figures, its random draws made by the compiled code.
-
-    Args:
-        bound: callable: bound(gray, generator) -> (nelbo, kl, rec), gray: tensor: (batch, 784)
-
-    Returns:
-        callable: the same signature; the draws come from `generator`'s stream, which it advances
-    """
+    """bound(gray, generator) -> (nelbo, kl, rec), compiled at its first call; it draws from `generator`'s
+    stream and advances it, as the eager bound does."""
     compiled = None
 
     def run(gray, generator):
         nonlocal compiled
-        if compiled is None:
-            # Made at the first call, inside CompiledStep's fallback: torch.compile itself raises where
-            # dynamo is unsupported (a Python too new for it). The run's generator is no argument of the
-            # compiled function: torch.compile breaks the graph at every call that takes one. torch's
-            # default generator, which it can trace, stands in for it.
+        if compiled is None:  # here, not before: torch.compile itself raises where dynamo is unsupported
+            # Inductor warns of a CUDA runtime it does not need on a CPU: not the student's concern.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # A torch.Generator argument would break the graph at every call: torch's default generator,
+            # which dynamo traces, stands in for the run's, loaded with its stream and read back.
             compiled = torch.compile(lambda gray: bound(gray, None), dynamic=False)
-        default = _default_generator(gray.device)
+        default = torch.cuda.default_generators[gray.device.index] if gray.is_cuda else torch.default_generator
         before = default.get_state()
         default.set_state(generator.get_state())
         try:
@@ -125,46 +91,22 @@ def compiled_bound(bound):
     return run
 
 
-def _default_generator(device):
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index if device.index is not None else
-                                             torch.cuda.current_device()]
-    return torch.default_generator
-
-
-@contextlib.contextmanager
-def _quiet_compiler():
-    """Inductor logs a warning about a CUDA runtime it does not need on a CPU-only machine: not the
-    student's concern."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 class CompiledStep:
-    """A training step that compiles itself on its first call, after an eager trial.
+    """A training step that compiles itself at its first call.
 
-    The first call runs the eager step as a trial (a student's error raises there, with their own
-    lines), then the compiled step once, to compile it; both trials are undone (weights, Adam's state,
-    the random stream), and the call then makes the real step compiled. So every step of a compiled run
-    is compiled, whether it started at iteration 0 or resumed, and resuming is exact.
+    That call runs the eager step (a student's error raises there, with their own lines), then the compiled
+    one, to compile it; both trials are undone (weights, Adam, the random stream) before the real step. So
+    every step of a compiled run is compiled, and a resumed run repeats an unbroken one exactly.
+
+    Args:
+        eager, compiled: callable: step(gray) -> stats, with the bound as is and from compiled_bound
+        model, optimizer, generator: what a step changes
+        strict: bool: --compile on: a failure to compile raises CompileFailed; else the run says so in one
+            line to `log` and trains eagerly
+        why: str: why it compiles, for report (results.json's "compile")
     """
 
     def __init__(self, eager, compiled, model, optimizer, generator, strict, log, why=""):
-        """
-        Args:
-            eager: callable: step(gray) -> stats, the eager step
-            compiled: callable: the same step with its bound from compiled_bound
-            model, optimizer, generator: what a step changes, restored after the trials
-            strict: bool: --compile on: a failure to compile stops the run (CompileFailed); else it
-                trains eagerly, saying so in one line
-            log: callable: where that line goes
-            why: str: why it compiles, for report
-        """
         self.eager, self.compiled = eager, compiled
         self.model, self.optimizer, self.generator = model, optimizer, generator
         self.strict, self.log = strict, log
@@ -178,15 +120,22 @@ class CompiledStep:
 
     def _first(self, gray):
         """The step to use from now on: the compiled one, or the eager one if compiling failed."""
-        saved = self._state()
-        self.eager(gray)  # a student's error raises here, as in an eager run
-        self._restore(saved)
+        weights = {name: value.clone() for name, value in self.model.state_dict().items()}
+        adam, stream = copy.deepcopy(self.optimizer.state_dict()), self.generator.get_state()
+
+        def undo():
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(copy.deepcopy(adam))  # Adam updates in place the tensors it is given
+            self.optimizer.zero_grad(set_to_none=True)
+            self.generator.set_state(stream)
+
+        self.eager(gray)
+        undo()
         began = time.perf_counter()
         try:
-            with _quiet_compiler():
-                self.compiled(gray)
+            self.compiled(gray)
         except Exception as e:  # any failure of the compiler, at its build or its first call
-            self._restore(saved)
+            undo()
             self.report.update(path="eager", why=f"compiling failed: {first_line(e)}")
             if self.strict:
                 raise CompileFailed(f"--compile on: the training step cannot be compiled ({first_line(e)}). "
@@ -195,17 +144,5 @@ class CompiledStep:
                      "state (--compile off skips compiling).")
             return self.eager
         self.report["compile_seconds"] = round(time.perf_counter() - began, 2)
-        self._restore(saved)
+        undo()
         return self.compiled
-
-    def _state(self):
-        return ({name: value.clone() for name, value in self.model.state_dict().items()},
-                copy.deepcopy(self.optimizer.state_dict()), self.generator.get_state())
-
-    def _restore(self, saved):
-        weights, adam, stream = saved
-        self.model.load_state_dict(weights)
-        # load_state_dict keeps the tensors it is given, and Adam updates them in place: a copy each time.
-        self.optimizer.load_state_dict(copy.deepcopy(adam))
-        self.optimizer.zero_grad(set_to_none=True)
-        self.generator.set_state(stream)

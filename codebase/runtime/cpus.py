@@ -1,20 +1,14 @@
-"""The CPUs this process may use, for thread counts (the run scripts' and the grader's). Imports nothing
-heavy: the grader reads it without torch."""
+"""The CPUs this process may use, for thread counts. Without torch: the grader reads it too."""
 import math
 import os
 from pathlib import Path
 
 
 def usable_cpus(cgroup=Path("/sys/fs/cgroup")):
-    """The CPUs this process may use: its affinity, within a container's CPU quota (cgroup v2 or v1),
-    which a container's affinity does not show.
-
-    Args:
-        cgroup: Path: where the cgroup files are mounted (a test points it elsewhere)
-    """
+    """The CPUs in this process's affinity, within a container's CPU quota (cgroup v2, else v1), which the
+    affinity does not show. `cgroup`: where the cgroup files are (a test points it elsewhere)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quotas = (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"))
-    for quota_file, period_file in quotas:
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
         try:
             quota, period = (Path(cgroup, quota_file).read_text().split() + [""])[:2]
             if period_file:

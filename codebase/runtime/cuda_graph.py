@@ -1,34 +1,25 @@
-"""The training step captured once in a CUDA graph and replayed (--cuda-graph).
-
-At this model's size an eager step on a GPU is bound by the launching of its kernels, which a graph
-replays at once. Training on CUDA is eager unless --cuda-graph is given: the graph has not yet been
-run on a real GPU, and its fallback catches a capture that fails, not one that trains wrongly.
-"""
+"""The training step captured once in a CUDA graph and replayed (--cuda-graph): at this model's size an eager
+step on a GPU waits on the launching of its kernels, which a graph replays at once."""
 import torch
 
 
 class GraphedStep:
-    """step(gray) as a CUDA graph. The first WARMUP steps run eagerly on a side stream (they are real
-    training steps), which lets Adam make its state before the capture. If the capture fails, training
-    goes on eagerly and says so."""
+    """step(gray) as a CUDA graph. The first WARMUP calls are real steps, run eagerly on a side stream, as a
+    capture needs (Adam makes its state in them). If the capture fails, training goes on eagerly, saying so."""
 
     WARMUP = 3
 
     def __init__(self, step, batch, width, device, log):
-        self.step = step
-        self.log = log
-        self.gray = torch.zeros(batch, width, device=device)  # the graph's static input
-        self.graph = None
-        self.stats = None
-        self.eager_steps = 0
-        self.eager_only = False
+        self.step, self.log = step, log
+        self.gray = torch.zeros(batch, width, device=device)  # the graph's input, at a fixed address
+        self.calls, self.graph, self.stats, self.eager_only = 0, None, None, False
 
     def __call__(self, gray):
         self.gray.copy_(gray)
+        self.calls += 1
         if self.eager_only:
             return self.step(self.gray)
-        if self.eager_steps < self.WARMUP:
-            self.eager_steps += 1
+        if self.calls <= self.WARMUP:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -39,7 +30,7 @@ class GraphedStep:
             try:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self.stats = self.step(self.gray)
+                    self.stats = self.step(self.gray)  # the graph's output, refilled by each replay
                 self.graph = graph
             except Exception as e:  # any capture failure: the eager step is still correct
                 self.log(f"CUDA graph capture failed ({type(e).__name__}: {e}); training eagerly.")

@@ -16,8 +16,7 @@ class DeviceError(UserError):
 
 def select_device(name):
     """The torch.device for --device: auto picks cuda, then mps, then the cpu."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
+    has_mps = torch.backends.mps.is_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -30,11 +29,9 @@ def select_device(name):
 
 
 def cpu_threads(requested=0):
-    """The thread count for torch: `requested` if given, else $OMP_NUM_THREADS, else the usable CPUs.
-
-    Several runs at once on few cores must each use fewer threads: OpenMP threads that outnumber
-    the cores spin against each other, and each run goes several times slower (benchmarks/README.md).
-    """
+    """torch's thread count: `requested` if given, else $OMP_NUM_THREADS, else the usable CPUs. Several runs at
+    once on few cores must each take fewer: threads that outnumber the cores make each run several times
+    slower (benchmarks/README.md)."""
     if requested:
         return requested
     try:

@@ -10,15 +10,7 @@ class UserError(Exception):
 
 
 def first_line(error):
-    """An exception as `Type: first line of its message`, at most 200 characters; never raises.
-
-    Args:
-        error: BaseException: any exception, including one with an empty message (EOFError)
-
-    Returns:
-        line: str
-    """
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
+    """Any exception as `Type: the first line of its message`, at most 200 characters of it."""
+    text = (str(error).strip().splitlines() or [""])[0]
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

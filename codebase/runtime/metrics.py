@@ -1,13 +1,16 @@
-"""logs/<run>/metrics.csv, written as training goes and read again on resume, and the progress bar.
-
-Reading needs no torch, so that tools without it can read a run's curve: torch comes in with the
-writer.
-"""
+"""logs/<run>/metrics.csv, written as training goes and read again on resume; the progress bar; the
+training curve. Reading needs no torch, so that tools without it can read a run's curve."""
+import io
 import sys
 from pathlib import Path
 
 from codebase.runtime.errors import UserError
 from codebase.runtime.files import save_error, write_atomic
+
+METRICS_COLUMNS = ("iteration", "nelbo", "kl", "rec")
+# A KL estimated from one draw per image can dip below 0 by chance, but a row averages 50 batches of 100
+# images: a correct bound's rows never went below 3 nats (the model answer's training, 5 seeds).
+KL_FLOOR = -1.0
 
 
 class NonFiniteLoss(UserError):
@@ -22,74 +25,39 @@ class ImpossibleFigures(NonFiniteLoss):
     """A metrics row at `iteration` that no bound gives (NELBO <= 0, KL well below 0, Rec < 0)."""
 
 
-# A KL estimated from one draw per image can dip below 0 by chance, but a row averages 50 batches of 100
-# images: a correct bound's rows never went below 3 nats (the model answer's training, 5 seeds).
-KL_FLOOR = -1.0
-
-
-METRICS_COLUMNS = ("iteration", "nelbo", "kl", "rec")
-
-
 def read_metrics(path):
-    """The rows of a metrics.csv that parse, and the line numbers of those that do not.
-
-    The file may have been edited by hand (a spreadsheet's byte-order mark, a comment,
-    a renamed header, a row cut off mid-line): such lines are skipped, never fatal.
-    A row counts when it holds an integer iteration and three numbers.
-
-    Args:
-        path: str or Path: the file; it must exist
-
-    Returns:
-        rows: list of dict: {"iteration": int, "nelbo": float, "kl": float, "rec": float}, in file order
-        dropped: list of int: 1-based numbers of the non-blank lines skipped, the header excluded
-    """
+    """The rows of a metrics.csv, [{"iteration": int, "nelbo", "kl", "rec": float}], and the numbers of its
+    lines that are not such a row (a row cut off by a crash), the header excluded."""
     rows, dropped = [], []
-    text = Path(path).read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = [f.strip() for f in line.split(",")]
-        if not line.strip() or (number == 1 and fields[0].lower() == "iteration"):
-            continue
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines()[1:], start=2):
         try:
-            if len(fields) != len(METRICS_COLUMNS) or not fields[0].isdigit():
-                raise ValueError
-            values = [float(f) for f in fields[1:]]
+            iteration, nelbo, kl, rec = line.split(",")
+            rows.append({"iteration": int(iteration), "nelbo": float(nelbo), "kl": float(kl), "rec": float(rec)})
         except ValueError:
             dropped.append(number)
-            continue
-        rows.append(dict(zip(METRICS_COLUMNS, [int(fields[0]), *values])))
     return rows, dropped
 
 
 class MetricsLog:
-    """logs/<run>/metrics.csv: one row, the mean of config.log_every steps, appended as training goes.
+    """metrics.csv: a row appended every config.log_every steps, their mean. On resume only the rows up to the
+    checkpoint's iteration stay, so that the file describes the run that goes on."""
 
-    On resume, the rows up to the checkpoint's iteration that parse are kept and the rest dropped, so
-    the file describes exactly the run that continues; a hand-edited file (a comment, a spreadsheet's
-    byte-order mark, a cut-off row) loses only the lines that do not parse, and `log` names them.
-    Each step's loss is checked as it comes, or, with every_step=False (on a GPU, where each check would
-    wait for the device), once per row.
-    """
+    def __init__(self, config, start, device, log=print):
+        import torch
 
-    def __init__(self, config, start, device, log=print, every_step=True):
-        self.config, self.every_step = config, every_step
+        # The loss is checked at each step on the CPU; on a GPU, where a check waits for the device, once a row.
+        self.config, self.every_step = config, device.type == "cpu"
         self.path = Path(config.log_dir) / "metrics.csv"
         rows = []
         if start and self.path.exists():
-            try:
-                rows, dropped = read_metrics(self.path)
-            except OSError as e:
-                rows, dropped = [], []
-                log(f"{self.path}: could not be read ({e.strerror or e}); it starts afresh.")
+            rows, dropped = read_metrics(self.path)
             rows = [r for r in rows if r["iteration"] <= start]
             if dropped:
                 log(f"{self.path}: kept {len(rows)} rows up to iteration {start}; dropped line(s) "
                     f"{', '.join(map(str, dropped))}, which are not rows of numbers.")
-        kept = [",".join(METRICS_COLUMNS) + "\n"] + [self.row(r["iteration"], [r[c] for c in METRICS_COLUMNS[1:]])
-                                                      for r in rows]
-        write_atomic(self.path, "".join(kept).encode())  # a crash here keeps the old rows
+        kept = [self.row(r["iteration"], [r[c] for c in METRICS_COLUMNS[1:]]) for r in rows]
+        write_atomic(self.path, "".join([",".join(METRICS_COLUMNS) + "\n", *kept]).encode())
         self.file = open(self.path, "a")
-        import torch
         self.window = torch.zeros(config.log_every, 3, device=device)  # the steps since the last row
         self.window_start = start
 
@@ -98,26 +66,20 @@ class MetricsLog:
         return ",".join([str(iteration), *(f"{v:.4f}" for v in values)]) + "\n"
 
     def add(self, iteration, stats, last=False):
-        """Record a step's (nelbo, kl, rec); every config.log_every steps, and at the last, append their mean.
-
-        Returns:
-            row: (nelbo, kl, rec) of the row appended, or None
-
-        Raises:
-            NonFiniteLoss: a step's loss is nan or inf
-        """
+        """Record a step's stats, tensor: (3,): (nelbo, kl, rec); every config.log_every steps, and at the
+        last, append their mean and return it (else None). Raises NonFiniteLoss at a nan or inf."""
         import torch
+
         steps = iteration - self.window_start
         self.window[steps - 1].copy_(stats)
         if self.every_step and not torch.isfinite(stats).all():
             self._non_finite(iteration)
         if steps < self.config.log_every and not last:
             return None
-        rows = self.window[:steps]
-        finite = torch.isfinite(rows).all(dim=1).tolist()
+        finite = torch.isfinite(self.window[:steps]).all(dim=1).tolist()
         if not all(finite):
             self._non_finite(self.window_start + finite.index(False) + 1)
-        values = rows.mean(dim=0).tolist()
+        values = self.window[:steps].mean(dim=0).tolist()
         self._possible(iteration, steps, *values)
         try:
             self.file.write(self.row(iteration, values))
@@ -129,16 +91,16 @@ class MetricsLog:
 
     def _non_finite(self, iteration):
         from codebase.runtime import checkpoint
+
         saved = checkpoint.existing(self.config.checkpoint_dir)
         if saved:
-            newest = max(saved)
-            kept = (f"The newest checkpoint, {saved[newest]} (iteration {newest}), is the last good state, and "
-                    "resuming from it would reach the same nan")
+            kept = (f"The newest checkpoint, {saved[max(saved)]} (iteration {max(saved)}), is the last good "
+                    "state, and resuming from it would reach the same nan")
         else:
             kept = f"No checkpoint was written before it (the first is due at iteration {self.config.iter_save})"
-        again = self.config.command("--overwrite")
         raise NonFiniteLoss(f"the loss became nan or inf at iteration {iteration}; training stopped there. {kept}: "
-                            f"run python -m codebase.check to find the cause, then {again}", iteration)
+                            f"run python -m codebase.check to find the cause, then "
+                            f"{self.config.command('--overwrite')}", iteration)
 
     def _possible(self, iteration, steps, nelbo, kl, rec):
         wrong = [f"{name} {value:.2f}" for name, value, bad in (
@@ -155,37 +117,24 @@ class MetricsLog:
 
 
 def progress_bar(config, start, stream=None):
-    """The training's tqdm bar: live in a terminal, a line every 30 s into a log file (a cluster job),
-    none with the stream closed (2>&-), while training goes on."""
+    """The training's tqdm bar on `stream` (stderr): live in a terminal, a line every 30 s into a log file."""
     from tqdm import tqdm
+
     stream = sys.stderr if stream is None else stream
-    interval = 0.1 if stream is not None and stream.isatty() else 30
-    # miniters=1: the bar looks at the clock on each update. tqdm's default guesses how many
-    # updates fit in the interval, and its monitor thread then forces an extra line when the
-    # guess runs long: two lines at once in a log file.
+    # miniters=1: the bar looks at the clock at each update. With tqdm's guess instead, its monitor thread
+    # forces an extra line when the guess runs long: two lines at once in a log file.
     return tqdm(total=config.iter_max, initial=start, desc=config.run_name, dynamic_ncols=True, file=stream,
-                disable=stream is None, mininterval=interval, miniters=1)
+                mininterval=0.1 if stream.isatty() else 30, miniters=1)
 
 
 def write_training_curve(path, rows, final, ranges):
-    """The run's curves as a PNG: NELBO, KL and Rec (nats per image) against the iteration, each with its
-    accepted range shaded and the run's final figures on the test subset marked.
+    """The run's curves as a PNG: for each {label: (term, (low, high))} of `ranges`, metrics.csv's `rows` of
+    that term (nats per image) against the iteration, its accepted range shaded, and `final[term]`, the
+    run's figure on the test subset, marked."""
+    from matplotlib.figure import Figure  # no pyplot: no display, no window
 
-    Args:
-        path: Path: the PNG
-        rows: list of dict: metrics.csv's rows (read_metrics)
-        final: dict: the run's results, with nelbo, kl and rec on the subset
-        ranges: dict: {label: (term, (low, high))}: each panel's title, its key in rows and final, and
-            the accepted range of the graded setting
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    axes = fig.subplots(1, 3)
     last = rows[-1]["iteration"] if rows else 1
     for ax, (label, (term, (low, high))) in zip(axes, ranges.items()):
         ax.plot([r["iteration"] for r in rows], [r[term] for r in rows], linewidth=1, label="training batches")
@@ -198,5 +147,4 @@ def write_training_curve(path, rows, final, ranges):
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     write_atomic(path, buffer.getvalue())
