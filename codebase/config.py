@@ -5,9 +5,10 @@ from pathlib import Path
 
 MODELS = ("gmvae", "vae")
 GRID_ROWS, GRID_COLS = 10, 20  # the sample grids: 200 draws from p(x), as Problem 3.3 asks
-SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}  # the two grids in logs/<run>/
-TRAINING_CURVE = "training_curve.png"  # logs/<run>/: NELBO, KL and Rec against the iteration
-STOPPED = "stopped.json"  # logs/<run>/: why the run's last attempt stopped before its end, for check --results
+# The files of logs/<run>/ that more than one module names:
+SAMPLES = {"binary": "samples_binary.png", "means": "samples_means.png"}
+TRAINING_CURVE = "training_curve.png"  # NELBO, KL and Rec against the iteration
+STOPPED = "stopped.json"  # why the run's last attempt stopped before its end, for check --results
 
 
 @dataclass(frozen=True)
@@ -57,35 +58,27 @@ class Config:
     def architecture(self):
         """What a checkpoint must agree with to be loaded into this run's model."""
         arch = {"model": self.model, "z": self.z}
-        if self.model == "gmvae":
-            arch["k"] = self.k
-        return arch
+        return {**arch, "k": self.k} if self.model == "gmvae" else arch
 
     def as_dict(self):
         return asdict(self)
 
     @classmethod
     def from_dict(cls, saved):
-        """The Config of a run's saved settings (results.json, stopped.json); keys it does not know are left out."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in names})
+        """The Config of saved settings (results.json, stopped.json), keys it does not know left out."""
+        return cls(**{key: value for key, value in saved.items() if key in {f.name for f in fields(cls)}})
 
     def command(self, *extra):
-        """The run script's command line for this config: the flags that differ from the defaults, then `extra`,
-        so that advice repeats the student's own flags (--run, --data-dir, ...)."""
+        """The run script's command line with this config's flags that are not the defaults, then `extra`:
+        advice repeats the student's own flags (--run, --data-dir, ...)."""
         given = []
-        for name in REPEATED:
-            value, default = getattr(self, name), getattr(Config, name)
-            if value != default and (name != "k" or self.model == "gmvae"):
-                flag = "--" + (name.replace("_", "-") if name in ("data_dir", "cuda_graph") else name)
-                if isinstance(value, bool):
-                    given.append("--no-check" if name == "check" else flag)
-                else:
-                    given.append(f"{flag} {shlex.quote(str(value))}")
+        for name in ("z", "k", "iter_max", "run", "seed", "iwae", "check", "device", "threads", "cuda_graph",
+                     "compile", "data_dir"):  # --resume, --overwrite and --train are the advice's own
+            value = getattr(self, name)
+            if value == getattr(Config, name) or (name == "k" and self.model != "gmvae"):
+                continue
+            flag = "--" + (name.replace("_", "-") if name in ("data_dir", "cuda_graph") else name)
+            if name == "check":
+                flag = "--no-check"
+            given.append(flag if isinstance(value, bool) else f"{flag} {shlex.quote(str(value))}")
         return " ".join(["python", f"run_{self.model}.py", *given, *extra])
-
-
-# The run scripts' flags that Config.command repeats; the others (--resume, --overwrite, --train) are the
-# advice's own.
-REPEATED = ("z", "k", "iter_max", "run", "seed", "iwae", "check", "device", "threads", "cuda_graph", "compile",
-            "data_dir")

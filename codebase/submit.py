@@ -1,12 +1,6 @@
-"""`python -m codebase.submit`: the zip to upload to Gradescope, checked as the autograder will read it.
-
-    python -m codebase.submit            # the GMVAE's run 0; --run N for another
-
-It copies the run's training curve and sample grid into writeup/figures/ (where the write-up's image
-links point, whichever run they come from), writes submission.zip with exactly what the course
-grades and asks for, then reads the zip back: every member intact, the two files found, UTF-8 and not
-too large, and the self-check run on the zip's own copies of the two files.
-"""
+"""Write submission.zip (your two files, the write-up, and the training curve and sample grid of the run
+that --run names, copied into writeup/figures/ where the write-up's image links point), then check it as
+the autograder will read it: read back, and the self-check run on the zip's own copies of your files."""
 import argparse
 import shutil
 import subprocess
@@ -17,7 +11,6 @@ from pathlib import Path
 
 from codebase.config import SAMPLES, TRAINING_CURVE, Config
 
-PROJECT = Path(__file__).resolve().parents[1]
 STUDENT_FILES = ("codebase/utils.py", "codebase/models/gmvae.py")  # what the autograder takes and trains
 WRITEUP = "writeup/README.md"
 FIGURES = {TRAINING_CURVE: "writeup/figures/training_curve.png",  # the write-up's image links
@@ -26,14 +19,13 @@ MAX_SOURCE_BYTES = 256 << 10  # the autograder refuses a larger student file
 
 
 class SubmitError(Exception):
-    """The zip cannot be made or is not what the autograder can read; the message says what to do."""
+    """The zip cannot be made, or the autograder could not read it; the message says what to do."""
 
 
 def gather(folder, run):
-    """{path in the zip: file} of what is handed in, after copying run `run`'s figures into writeup/figures/;
-    and the lines to tell the student (figures missing)."""
+    """{name in the zip: file} after copying run `run`'s figures into writeup/figures/, and notes for the student."""
     notes, files = [], {}
-    for name in STUDENT_FILES + (WRITEUP,):
+    for name in (*STUDENT_FILES, WRITEUP):
         if not (folder / name).is_file():
             raise SubmitError(f"{name} is missing from {folder}: run this from your project's folder")
         files[name] = folder / name
@@ -46,17 +38,16 @@ def gather(folder, run):
             files[figure] = folder / figure
         else:
             notes.append(f"no {logs / produced}: the write-up's figure {figure} is missing (train first: "
-                         f"python run_gmvae.py{f' --run {run}' if run else ''})")
+                         f"{Config(run=run).command()})")
     return files, notes
 
 
 def read_back(zip_path):
-    """The student files' text as the autograder reads them from the zip; SubmitError if it cannot."""
+    """{name: text} of the student files as the autograder reads them from the zip; SubmitError if it cannot."""
+    texts = {}
     with zipfile.ZipFile(zip_path) as z:
-        broken = z.testzip()
-        if broken:
+        if broken := z.testzip():
             raise SubmitError(f"{broken} is damaged in {zip_path} (bad CRC): run this command again")
-        texts = {}
         for name in STUDENT_FILES:
             data = z.read(name)
             if len(data) > MAX_SOURCE_BYTES:
@@ -65,34 +56,30 @@ def read_back(zip_path):
             try:
                 texts[name] = data.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise SubmitError(f"{name} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): save "
-                                  "it as UTF-8 in your editor") from None
+                raise SubmitError(f"{name} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): "
+                                  "save it as UTF-8 in your editor") from None
     return texts
 
 
 def self_check(folder, texts):
-    """Run python -m codebase.check on a copy of the project holding the zip's two files; returns
-    (exit status, its output)."""
+    """(exit status, output) of python -m codebase.check in a copy of codebase/ holding the zip's files."""
     with tempfile.TemporaryDirectory(prefix="submit-check-") as scratch:
-        copy = Path(scratch) / "project"
-        shutil.copytree(folder / "codebase", copy / "codebase", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(folder / "codebase", Path(scratch) / "codebase", ignore=shutil.ignore_patterns("__pycache__"))
         for name, text in texts.items():
-            (copy / name).write_text(text, encoding="utf-8")
-        out = subprocess.run([sys.executable, "-m", "codebase.check"], cwd=copy, capture_output=True, text=True,
+            (Path(scratch) / name).write_text(text, encoding="utf-8")
+        out = subprocess.run([sys.executable, "-m", "codebase.check"], cwd=scratch, capture_output=True, text=True,
                              timeout=600)
     return out.returncode, out.stdout + out.stderr
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m codebase.submit", description=(
-        "Write submission.zip (your two files, the write-up and its two figures), then check it as the "
-        "autograder will read it."))
+    parser = argparse.ArgumentParser(prog="python -m codebase.submit", description=__doc__)
     parser.add_argument("--run", type=int, default=0, help="the GMVAE run whose figures the write-up shows")
     parser.add_argument("--out", default="submission.zip", help="the zip to write")
     args = parser.parse_args(argv)
-    folder, out = Path.cwd(), Path(args.out)
+    out = Path(args.out)
     try:
-        files, notes = gather(folder, args.run)
+        files, notes = gather(Path.cwd(), args.run)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
             for name, path in files.items():
                 z.write(path, name)
@@ -105,11 +92,11 @@ def main(argv=None):
         print(f"  {name} ({path.stat().st_size:,} bytes)")
     for note in notes:
         print(f"Note: {note}")
-    status, report = self_check(folder, texts)
-    failed = [line for line in report.splitlines() if line.startswith("FAIL")]
-    print(f"The self-check on the zip's files: {report.strip().splitlines()[-1] if report.strip() else '?'}")
-    for line in failed:
-        print(f"  {line}")
+    status, report = self_check(Path.cwd(), texts)
+    print(f"The self-check on the zip's files: {(report.strip().splitlines() or ['?'])[-1]}")
+    for line in report.splitlines():
+        if line.startswith("FAIL"):
+            print(f"  {line}")
     if status != 0:
         print("The autograder gives no points to a function whose check fails; fix it and run this again.")
         return 1

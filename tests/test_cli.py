@@ -88,7 +88,8 @@ def test_a_short_real_run_learns_and_writes_its_files(tmp_path, mnist_dir, monke
     for grid in ("samples_binary.png", "samples_means.png"):
         assert matplotlib.image.imread(tmp_path / "logs" / name / grid).shape[:2] == (10 * 28, 20 * 28)
     assert matplotlib.image.imread(tmp_path / "logs" / name / "training_curve.png").shape[:2] == (360, 1200)
-    assert f"curve   logs/{name}/training_curve.png" in out.stdout
+    assert f"Files in logs/{name}/: results.json, metrics.csv, training_curve.png" in out.stdout
+    assert f"Running from {tmp_path}, not from the project's folder" in out.stdout  # where logs/ went
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints" / name).iterdir())
     assert ckpts == ["model-00200.pt", "model-00400.pt"]
     state = torch.load(tmp_path / "checkpoints" / name / "model-00400.pt", weights_only=True)

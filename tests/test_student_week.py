@@ -172,7 +172,7 @@ def test_the_results_of_a_stopped_run_record_the_students_flags(tmp_path, monkey
 
     config = Config(run=5, data_dir="elsewhere", log_root=str(tmp_path / "logs"))
     config.log_dir.mkdir(parents=True)
-    error = run_module._stopped(config, NonFiniteLoss("the loss became nan", 8))
+    error = run_module.stopped(config, NonFiniteLoss("the loss became nan", 8))
     assert isinstance(error, NonFiniteLoss)
     record = json.loads((config.log_dir / STOPPED).read_text())
     assert record["kind"] == "nan" and record["iteration"] == 8 and Config.from_dict(record["config"]) == config
