@@ -1,9 +1,10 @@
-"""The checks of the models' bounds on a fixed untrained model: what the probe records, and the judges.
+"""The checks of the models' bounds on a fixed untrained model: their probes and their judges.
 
 A bound is compared with the expected values on a shared draw of z, then over more draws paired by seed
 (in case it draws z in another order), and so are its gradients with respect to each part of the model.
 Two checks compare the code under test with itself: IWAE-1 with the NELBO, and IWAE-k across k.
 """
+import functools
 import math
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import torch
 
 from codebase.check import inputs as data
 from codebase.check.calls import Raised, error_record, plain, seeded, student
-from codebase.check.compare import compare, fail, fmt_num, fmt_shape, items, take, type_of, which_mistake
+from codebase.check.compare import compare, fail, fmt_num, items, take, type_of, which_mistake
 from codebase.check.inputs import BATCH, F64, Z_DIM, K
 from codebase.check.mistakes import CAUSES
 from codebase.check.registry import ODD_BATCH
@@ -20,20 +21,16 @@ from codebase.check.registry import ODD_BATCH
 IW = 10  # importance samples in the same-draw comparisons of the IWAE bound
 PAIRED_DRAWS = 16  # more draws of a bound, paired by seed, for a bound that draws z in another order
 ELBO_REPEATS = 30  # NELBO and IWAE-1 draws for "IWAE-1 = NELBO on average"
-# Draws per k for "IWAE falls with k": the means of the fixed models fall by more than a nat from
-# k = 1 to 10 and by about half a nat from 10 to 100, where one draw's sd is 0.2, 0.07 and 0.08.
+# Draws per k for "IWAE falls with k": from k = 1 to 10 to 100 the means fall by a nat, then half a nat,
+# and one draw's sd is 0.2 at most.
 IWAE_REPEATS = {1: 30, 10: 4, 100: 1}
 PROJECTIONS = 16  # a model's gradient is compared through this many fixed random projections
 GRAD_RTOL = 1e-3  # float32 against float64 gradients differ by about 1e-5 of their size
 
 
-# ---------------------------------------------------------------------------------------------
-# The probe
-# ---------------------------------------------------------------------------------------------
-
 def fixed_model(kind, seed):
-    """The model of `kind` made by the code under test, with the fixed parameters of inputs.fixed_state;
-    Raised if the GMVAE's prior parameters z_pre are missing or of another shape."""
+    """The code under test's model of `kind` with the fixed parameters of inputs.fixed_state; Raised if the
+    GMVAE's prior parameters z_pre are missing or of another shape."""
     with torch.random.fork_rng(devices=[]):
         model = student("models").make_model(SimpleNamespace(model=kind, z=Z_DIM, k=K))
     state = data.fixed_state(kind, seed)
@@ -60,20 +57,16 @@ def bound(model, x, k):
     return lambda generator: model.negative_elbo_bound(x, generator=generator)
 
 
-_SIGNS = {}
+@functools.cache
+def _signs(n):
+    return torch.from_numpy(np.stack([np.random.RandomState(j).randint(0, 2, n) * 2.0 - 1 for j in range(PROJECTIONS)]))
 
 
 def project(flat):
-    """The PROJECTIONS dot products of a flat vector with fixed random +-1 vectors: tensor: (PROJECTIONS,).
-
-    Each projection of a difference d has mean square |d|^2, so |P(a - b)| / |P b| estimates
-    |a - b| / |b| (within a factor of about 1.5 for 16 of them) without keeping the whole vector.
-    """
-    n = flat.numel()
-    if n not in _SIGNS:
-        _SIGNS[n] = torch.from_numpy(np.stack([np.random.RandomState(j).randint(0, 2, n) * 2.0 - 1
-                                               for j in range(PROJECTIONS)]))
-    return _SIGNS[n] @ flat.double()
+    """The dot products of a flat vector with PROJECTIONS fixed random +-1 vectors: tensor: (PROJECTIONS,).
+    Each has mean square |d|^2 for a difference d, so |P(a - b)| / |P b| estimates |a - b| / |b| (within a
+    factor of about 1.5 for 16) without keeping the whole vector."""
+    return _signs(flat.numel()) @ flat.double()
 
 
 def model_grads(out, model):
@@ -85,8 +78,7 @@ def model_grads(out, model):
     grads = iter(torch.autograd.grad(out, params, allow_unused=True, retain_graph=True))
     found = {}
     for part, ps in parts.items():
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().double()
-                          for p, g in zip(ps, grads)])
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().double() for p, g in zip(ps, grads)])
         found[part] = {"nonzero": bool((flat != 0).any()), "projections": project(flat)}
     return found
 
@@ -143,34 +135,24 @@ def probe_bound(check, seed, results):
             results["runs at 100"] = False
 
 
-def bound_draws(kind, k, seed):
-    """[(bound, kl, rec)] of the fixed model's NELBO (k = 0) or IWAE-k bound on one batch, one per draw."""
-    fn = bound(fixed_model(kind, seed), bound_images(seed, "draws", BATCH), k)
-    with torch.no_grad():
-        return [plain(seeded(fn, draw_seed(seed, 100 + i))) for i in range(IWAE_REPEATS[k] if k else ELBO_REPEATS)]
-
-
 def probe_draws(check, seed, results):
-    """The draws of the NELBO and IWAE-1 (iwae_one), or of IWAE-k for each k of IWAE_REPEATS (iwae_falls)."""
+    """[(bound, kl, rec)] of draws on one batch, of the NELBO and IWAE-1 (iwae_one), or of IWAE-k for each k
+    of IWAE_REPEATS (iwae_falls)."""
     for k in (0, 1) if check.key == "iwae_one" else IWAE_REPEATS:
-        results[f"iwae{k}" if k else "nelbo"] = bound_draws(check.kind, k, seed)
+        fn = bound(fixed_model(check.kind, seed), bound_images(seed, "draws", BATCH), k)
+        with torch.no_grad():
+            results[f"iwae{k}" if k else "nelbo"] = [plain(seeded(fn, draw_seed(seed, 100 + i)))
+                                                     for i in range(IWAE_REPEATS[k] if k else ELBO_REPEATS)]
 
-
-# ---------------------------------------------------------------------------------------------
-# The judge
-# ---------------------------------------------------------------------------------------------
 
 def scalars(out, names, finite=True):
     """A bound's three results as {name: float64 0-dim tensor}; a Failure unless 0-dim (finite) tensors."""
-    values = items(out)
-    if values is None or len(values) != 3:
-        fail(f"the bound to return three tensors ({', '.join(names)})",
-             type_of(out) + (f" of {len(values)}" if values is not None else ""), "bound: three values")
+    values = items(out, 3, f"the bound to return three tensors ({', '.join(names)})", "bound: three values")
     for name, t in zip(names, values):
         if not isinstance(t, torch.Tensor):
             fail(f"{name} as a 0-dim tensor", type_of(t), "bound: not a tensor")
         if t.shape != ():
-            fail(f"{name} as a scalar of shape ()", f"shape {fmt_shape(t)}",
+            fail(f"{name} as a scalar of shape ()", f"shape {tuple(t.shape)}",
                  "bound: per-image" if t.dim() == 1 and t.numel() > 1 else "bound: not 0-dim")
         if finite and not torch.isfinite(t):
             fail(f"a finite {name}", fmt_num(t), "bound: not finite")
@@ -187,15 +169,19 @@ def _draws(found, key, count, names=("bound", "kl", "rec"), finite=False):
 
 
 def _within(diffs, reference=None, slack=2e-3):
-    """Whether differences of draws paired by seed are zero on average, within 6 standard errors.
-
-    The spread is the smaller of the differences' own and that of two independent draws of the reference:
-    a bound that draws the same z differs by almost nothing, so a small steady bias shows; one that draws z
-    in another order varies as the reference does (and, with 16 draws' t of 15 degrees of freedom, is
-    outside about once in 40,000); and a bound of pure noise cannot widen its own tolerance. Without a
-    reference (code compared with itself), the differences' own spread."""
+    """Whether differences of draws paired by seed are zero on average, within 6 standard errors of the
+    smaller of their own spread and two independent draws' of the reference (if any): a bound that draws the
+    same z differs by almost nothing, so a small steady bias shows; one that draws z in another order varies
+    as the reference does (outside once in 40,000: t with 15 degrees of freedom); and a bound of pure noise
+    cannot widen its own tolerance."""
     spread = diffs.std() if reference is None else min(diffs.std(), math.sqrt(2) * reference.std())
     return bool(diffs.mean().abs() <= 6 * spread / math.sqrt(len(diffs)) + slack)
+
+
+def _at(expected, i):
+    """The expected values and the usual mistakes' values ({term: {key of CAUSES: value}}) at draw(s) i."""
+    return ({n: v[i] for n, v in expected["want"].items()},
+            {n: {k: v[i] for k, v in ms.items()} for n, ms in expected["mistakes"].items()})
 
 
 def judge_bound(check, found, expected):
@@ -219,8 +205,7 @@ def judge_bound(check, found, expected):
         compare(got["nelbo"], f"nelbo = kl + rec = {fmt_num(total)}", total, {
             "elbo: kl - rec": got["kl"] - got["rec"], "elbo: rec - kl": got["rec"] - got["kl"],
             "elbo: nelbo sign": -total}, rtol=1e-5, atol=1e-4, otherwise="elbo: nelbo not the sum")
-    want = {n: v[0] for n, v in expected["want"].items()}
-    mistakes = {n: {k: v[0] for k, v in ms.items()} for n, ms in expected["mistakes"].items()}
+    want, mistakes = _at(expected, 0)
     off = [n for n in got if not torch.isclose(got[n], want[n], rtol=1e-5, atol=1e-3)]
     for n in off:
         # float32 against float64 differs by about 1e-4 here; the usual mistakes by 0.1 or more.
@@ -236,8 +221,7 @@ def _paired(found, expected, names):
     """Values off on the shared draw of z, compared over draws paired by seed: a bound that draws z in
     another order passes, and a steady bias fails even when small, as the differences barely vary."""
     mine = _draws(found, "paired", PAIRED_DRAWS, names, finite=True)
-    want = {n: v[1:] for n, v in expected["want"].items()}
-    mistakes = {n: {k: v[1:] for k, v in ms.items()} for n, ms in expected["mistakes"].items()}
+    want, mistakes = _at(expected, slice(1, None))
     off = {}
     for n, values in mine.items():
         if _within(values - want[n], want[n]):
@@ -290,7 +274,7 @@ def _gradients(found, expected, same_draw):
 
 def judge_iwae_one(check, found, expected):
     elbo, iwae1 = _draws(found, "nelbo", ELBO_REPEATS), _draws(found, "iwae1", IWAE_REPEATS[1])["bound"]
-    nelbo, kl, batch = elbo["bound"], elbo["kl"], BATCH
+    nelbo, kl = elbo["bound"], elbo["kl"]
     if not torch.isfinite(iwae1 - nelbo).all():
         fail("finite NELBO and IWAE-1 draws", "nan or inf", "bound: not finite")
     # Draw by draw, IWAE-1 = rec + kl = NELBO. A log w that adds the KL and a NELBO whose KL is negated
@@ -300,8 +284,8 @@ def judge_iwae_one(check, found, expected):
         fail(f"IWAE-1 = NELBO on average, {fmt_num(nelbo.mean())} (the mean of {len(iwae1)} draws)",
              f"IWAE-1 {fmt_num(iwae1.mean())}", which_mistake({
                   "iwae-1: nelbo's kl sign" if kl.mean() < 0 else "iwae: adds the kl": nelbo - 2 * kl,
-                  "iwae: leaves out the kl": elbo["rec"], "iwae-1: iwae summed": nelbo * batch,
-                  "iwae-1: nelbo summed": nelbo / batch}, same) or "iwae-1: differ")
+                  "iwae: leaves out the kl": elbo["rec"], "iwae-1: iwae summed": nelbo * BATCH,
+                  "iwae-1: nelbo summed": nelbo / BATCH}, same) or "iwae-1: differ")
 
 
 def judge_iwae_falls(check, found, expected):

@@ -1,5 +1,5 @@
-"""How the probe calls your code: modules imported as they are now, randomness seeded, and what comes
-back (a value, its gradients or an error) kept as plain data that the judge can read in another process.
+"""How the probe calls your code: modules imported as they are now, randomness seeded, and what comes back
+(a value, its gradients or an error) kept as plain data that the judge can read in another process.
 """
 import importlib
 import traceback
@@ -14,9 +14,8 @@ STUDENT_FILES = ("codebase/utils.py", "codebase/models/gmvae.py")  # the files t
 
 
 class Raised(Exception):
-    """The code under test raised where a result was needed, or cannot be probed at all (its module does
-    not import, its model is not the graded one). record: the error as error_record gives it; anything
-    else, from a forged results file, becomes a record that says so."""
+    """The code under test raised where a result was needed, or cannot be probed at all (its module does not
+    import, its model is not the graded one). record: the error as plain data; one not a dict was forged."""
 
     def __init__(self, record):
         if not isinstance(record, dict):
@@ -26,8 +25,8 @@ class Raised(Exception):
 
 
 def error_record(error):
-    """An exception as plain data: its type, first line, whether it is NotImplementedError, the function
-    that raised it, and the frames of its traceback in the student's files, innermost last."""
+    """An exception as plain data: its type, first line, whether it is NotImplementedError, the function that
+    raised it, and the frames of its traceback in the student's files, innermost last."""
     frames = traceback.extract_tb(error.__traceback__)
     mine = [{"file": Path(f.filename).name, "line": f.lineno, "function": f.name} for f in frames
             if Path(f.filename).as_posix().endswith(STUDENT_FILES)]
@@ -36,8 +35,8 @@ def error_record(error):
 
 
 def where(record):
-    """Where in the student's files an error arose: the student's own lines that led to it, outermost
-    first, and the given function it was raised in, if any; "" when no frame is in those files."""
+    """Where in the student's files an error arose: the student's own lines that led to it, outermost first,
+    and the given function it was raised in, if any; "" when no frame is in those files."""
     frames = record.get("frames") if isinstance(record.get("frames"), list) else []
     frames = [f for f in frames if isinstance(f, dict) and {"file", "line", "function"} <= set(f)]
     if not frames:
@@ -72,8 +71,8 @@ def gen(seed):
 
 
 def seeded(fn, seed):
-    """fn(generator=...) with torch's global random state seeded alike, so that a function that ignores
-    generator= draws the same noise; the caller's random state is left as it was."""
+    """fn(generator=...) with torch's global random state seeded alike (a function that ignores generator=
+    draws the same noise); the caller's random state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return fn(generator=gen(seed))

@@ -1,6 +1,5 @@
-"""Comparing what the probe recorded (tensors and plain data) with the expected values. A wrong value
-is matched against the usual mistakes (mistakes.py); for any other mistake the FAIL says what is off,
-by how much and which way.
+"""The judge's tools: what the probe recorded against the expected values. A wrong value is matched
+against the usual mistakes (mistakes.py); for any other, the FAIL says what is off, by how much and which way.
 """
 import math
 
@@ -25,34 +24,21 @@ def fail(expected, got, cause):
 
 
 def fmt_num(x):
-    x = float(x)
-    if not math.isfinite(x):
-        return str(x)
+    x = float(x)  # inf and nan print as themselves either way
     return f"{x:.4e}" if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3) else f"{x:.4f}"
-
-
-def held(t):
-    """Whether the tensor t holds every value it claims: an expanded view of one zero claims billions, which
-    an elementwise operation (isfinite, abs) would make real. Reads only its metadata."""
-    return t.layout == torch.strided and t.numel() * t.element_size() <= t.untyped_storage().nbytes()
-
-
-def fmt_shape(t):
-    return f"({', '.join(map(str, t.shape))}{',' if t.dim() == 1 else ''})"
 
 
 def type_of(value):
     """The type's name of a value the probe recorded (a tensor, or {"type": name})."""
-    if isinstance(value, torch.Tensor):
-        return "Tensor"
     return str(value.get("type")) if isinstance(value, dict) else type(value).__name__
 
 
-def items(value):
-    """The items of a tuple or list the probe recorded, or None if it was none."""
-    if isinstance(value, dict) and value.get("type") in ("tuple", "list") and isinstance(value.get("items"), list):
-        return value["items"]
-    return None
+def items(value, n, expected, cause):
+    """The n items of a tuple or list the probe recorded; a Failure if it recorded anything else."""
+    found = value.get("items") if isinstance(value, dict) and value.get("type") in ("tuple", "list") else None
+    if not isinstance(found, list) or len(found) != n:
+        fail(expected, type_of(value) + (f" of {len(found)}" if isinstance(found, list) else ""), cause)
+    return found
 
 
 def take(found, key):
@@ -98,16 +84,16 @@ def compare(got, what, want, mistakes=None, where="", rtol=1e-7, atol=1e-7, nonf
     mistakes = mistakes or {}
     where = f" {where}" if where else ""
     if not isinstance(got, torch.Tensor):
-        fail(f"{what} as a tensor of shape {fmt_shape(want)}{where}", type_of(got), "not a tensor")
+        fail(f"{what} as a tensor of shape {tuple(want.shape)}{where}", type_of(got), "not a tensor")
     # Only a result of a shape that some value has is copied: a wrong shape may be huge.
     if got.shape in [want.shape] + [v.shape for v in mistakes.values() if not isinstance(v, tuple)]:
         got = got.detach().to(F64)
     cause = which_mistake(mistakes, lambda value: tuple(value) == tuple(got.shape) if isinstance(value, tuple) else
                           value.shape == got.shape and torch.isclose(got, value, *match).all())
     if got.shape != want.shape:
-        fail(f"{what} of shape {fmt_shape(want)}{where}", f"shape {fmt_shape(got)}",
-             cause or f"the result must have shape {fmt_shape(want)}")
-    at = lambda i: f"[{', '.join(map(str, i))}]" if i else ""
+        fail(f"{what} of shape {tuple(want.shape)}{where}", f"shape {tuple(got.shape)}",
+             cause or f"the result must have shape {tuple(want.shape)}")
+    at = lambda i: str(list(i)) if i else ""
     bad = ~torch.isfinite(got) & torch.isfinite(want)
     if bad.any():
         i = tuple(bad.nonzero()[0].tolist())
@@ -115,7 +101,7 @@ def compare(got, what, want, mistakes=None, where="", rtol=1e-7, atol=1e-7, nonf
     if not torch.isclose(got, want, rtol, atol).all():
         i = torch.unravel_index((got - want).abs().nan_to_num(nan=math.inf).flatten().argmax(), got.shape)
         i = tuple(int(j) for j in i)
-        where += f" (shape {fmt_shape(want)}; the largest error)" if i else ""
+        where += f" (shape {tuple(want.shape)}; the largest error)" if i else ""
         fail(f"{what}{at(i)} = {fmt_num(want[i])}{where}", fmt_num(got[i]), cause or otherwise or off_by(got, want))
 
 
@@ -131,9 +117,10 @@ def judge_grads(value, record, spec):
         if not isinstance(g, torch.Tensor):
             fail(f"a gradient with respect to {name}", "none",
                  f"{name} does not reach the result through torch operations")
-        if not held(g):  # before anything computes with it
+        # An expanded view of one zero claims billions of values, which isfinite or abs would make real.
+        if g.layout != torch.strided or g.numel() * g.element_size() > g.untyped_storage().nbytes():
             fail(f"a gradient with respect to {name} as autograd returns it",
-                 f"a view of shape {fmt_shape(g)} over {g.untyped_storage().nbytes():,} bytes",
+                 f"a view of shape {tuple(g.shape)} over {g.untyped_storage().nbytes():,} bytes",
                  "these results were not written by the self-check's probe")
         if not torch.isfinite(g).all():
             fail(f"finite gradients with respect to {name}", "nan or inf", spec["nonfinite"])
@@ -145,9 +132,9 @@ def judge_grads(value, record, spec):
 
 
 def judge_cases(check, found, expected):
-    """A check made of comparisons, case by case: expected is {case: compare()'s arguments, or for a pair
-    {"pair", "parts": one each}, or for "<case> grads" judge_grads's spec}. A spec may add on_error: the
-    cause if the function raised on this case, and sizes: its (batch, k, dim) for cause_of_error."""
+    """A check made of comparisons, case by case. expected: {case: compare()'s arguments, or for a pair
+    {"pair", "parts": one each}, or for "<case> grads" judge_grads's spec}; a spec may add on_error, the
+    cause if the function raised on this case, and sizes, its (batch, k, dim) for cause_of_error."""
     for key, spec in expected.items():
         if isinstance(key, str) and key.endswith(" grads"):
             judge_grads(take(found, key.removesuffix(" grads")), take(found, key), spec)
@@ -163,11 +150,7 @@ def judge_cases(check, found, expected):
             located = f" ({where(e.record)})" if where(e.record) else ""
             fail(f"{spec['what']} to run {spec['where']}", f"{e.record.get('message')}{located}", cause or on_error)
         if "parts" in spec:
-            pair = items(got)
-            if pair is None or len(pair) != 2:
-                fail(spec["pair"], type_of(got) + (f" of {len(pair)}" if pair is not None else ""),
-                     "return the two halves m, v")
-            for part, part_spec in zip(pair, spec["parts"]):
+            for part, part_spec in zip(items(got, 2, spec["pair"], "return the two halves m, v"), spec["parts"]):
                 compare(part, **part_spec)
         else:
             compare(got, **spec)

@@ -1,8 +1,5 @@
-"""The course's figures and accepted ranges: the one place that states them.
-
-The self-check's --results, the training curve and the course's own tools read
-this module. It imports nothing. Every figure here is quoted from the course,
-except TRAINING_NELBO, which is the model answer's own measured curve.
+"""The course's figures and accepted ranges, stated here only (this module imports nothing). Every figure
+is quoted from the course, except TRAINING_NELBO, the model answer's own measured curve.
 """
 
 MODEL_LABELS = {"gmvae": "GMVAE", "vae": "VAE"}
@@ -12,9 +9,9 @@ RUN_SCRIPTS = {"gmvae": "run_gmvae.py", "vae": "run_vae.py"}
 # The handout's "should be around 97.5" for the GMVAE's NELBO.
 HANDOUT_GMVAE_NELBO = 97.5
 
-# The course solution's figures on its fixed 100-image subset, binarised once with
-# torch (seed 0), each bound averaged over 100 evaluations. "nelbo_sd" is the course's
-# +/- spread. The VAE row is as the course gives it: its KL + Rec is 101.86, not 101.5.
+# The course solution's figures on its fixed 100-image subset (binarised once with torch, seed 0), each
+# bound averaged over 100 evaluations; "nelbo_sd" is the course's +/- spread. The VAE row is as the course
+# gives it: its KL + Rec is 101.86, not 101.5.
 COURSE_SOLUTION = {
     "gmvae": {"nelbo": 97.22, "nelbo_sd": 0.54, "kl": 17.65, "rec": 79.58,
               "iwae": {1: 97.22, 10: 94.74, 100: 93.8, 1000: 93.38}},
@@ -22,8 +19,8 @@ COURSE_SOLUTION = {
             "iwae": {1: 99.83, 10: 97.13, 100: 96.1, 1000: 95.62}},
 }
 
-# The ranges the course's autograder accepts, as (centre, half-width), for runs in the
-# graded setting (GRADED_SETTING) evaluated on the 100-image subset.
+# The ranges the course's autograder accepts, as (centre, half-width), for runs in the graded setting
+# (GRADED_SETTING) evaluated on the 100-image subset.
 ACCEPTED = {
     "gmvae": {"nelbo": (97.0, 3.0), "kl": (17.5, 1.0), "rec": (80.0, 2.5)},
     "vae": {"nelbo": (100.0, 2.0), "kl": (19.5, 2.0), "rec": (82.0, 2.0)},
@@ -41,10 +38,8 @@ def accepted_range(model, term):
     return centre - half, centre + half
 
 
-# The model answer's training NELBO at some iterations: metrics.csv's rows (the mean of the last 50
-# batches) of its five training runs (seeds 0 to 4), averaged and rounded. A short run's figures are
-# judged against these: a correct bound trained N iterations gives about this, and a NELBO far above
-# it cannot come from one.
+# The model answer's training NELBO at some iterations: metrics.csv's rows of its five runs (seeds 0 to 4),
+# averaged and rounded. A correct bound trained that long gives about this, and never a NELBO far above it.
 TRAINING_NELBO = {
     "gmvae": {100: 200, 200: 166, 500: 132, 1000: 120, 2000: 112, 5000: 104, 10000: 99, 20000: 96},
     "vae": {100: 200, 200: 164, 500: 131, 1000: 119, 2000: 112, 5000: 105, 10000: 102, 20000: 99},

@@ -1,11 +1,11 @@
-"""The checks of the functions of codebase/utils.py: their inputs, the probes that call them, and the
-judge of sample_gaussian (the other functions are judged case by case: compare.judge_cases).
+"""The checks of codebase/utils.py's functions: their inputs, their probes, and the judge of sample_gaussian
+(the others are judged case by case: compare.judge_cases).
 """
 import torch
 
 from codebase.check import inputs as data
 from codebase.check.calls import error_record, gen, input_grads, plain, student
-from codebase.check.compare import compare, fail, fmt_shape, judge_grads, take, type_of
+from codebase.check.compare import compare, fail, judge_grads, take, type_of
 from codebase.check.inputs import F64, Z_DIM, K
 from codebase.check.registry import ODD_BATCH
 
@@ -20,8 +20,7 @@ REDUCTION_CASES = [((ODD_BATCH, 5), 1), ((5, ODD_BATCH), 0), ((3, 4, 5), 1)]
 CASES = {"log_normal": len(PAIRED_SHAPES), "log_normal_far": 0, "log_sum_exp": len(REDUCTION_CASES),
          "log_mean_exp": len(REDUCTION_CASES), "log_normal_mixture": len(MIXTURE_CASES), "mixture_far": 0,
          "kl_normal": len(PAIRED_SHAPES), "gaussian_parameters": 3, "log_bernoulli_with_logits": 2}
-# {check's key: which arguments of its case "far" the gradient is taken with respect to}, for the checks
-# that have that case: extreme values in float32, as in training
+# {check's key: the arguments of its case "far" (extreme values in float32) that gradients are taken for}
 FAR_GRADS = {"log_normal_far": (0, 2), "log_sum_exp": (0,), "log_mean_exp": (0,), "mixture_far": (0,),
              "kl_normal": (), "log_bernoulli_with_logits": (1,)}
 SAMPLE_DRAWS = 200_000
@@ -80,8 +79,7 @@ def _far(key, seed):
 
 
 def probe_function(check, seed, results):
-    """The function's value on each case (or the error it raised there), then on the case "far", with the
-    gradients there."""
+    """The function's value (or error) on each case, then its value and gradients on the case "far"."""
     fn = getattr(student("utils"), check.target)
     for i in range(CASES[check.key]):
         try:
@@ -116,7 +114,7 @@ def judge_sample_gaussian(check, found, expected):
     n, shape = expected["n"], tuple(expected["expanded shape"])
     z = take(found, "draws")
     if not isinstance(z, torch.Tensor) or z.shape != (n, 3):
-        got = f"shape {fmt_shape(z)}" if isinstance(z, torch.Tensor) else type_of(z)
+        got = f"shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type_of(z)
         fail(f"samples of shape ({n}, 3)", got, "sample_gaussian: shape")
     if z.dtype != torch.float32:
         fail("float32 samples for float32 m and v", str(z.dtype), "sample_gaussian: dtype")
@@ -125,7 +123,7 @@ def judge_sample_gaussian(check, found, expected):
     a, b = take(found, "expanded"), take(found, "again")
     if not isinstance(a, torch.Tensor) or a.shape != shape:
         fail(f"samples of shape {shape} for m and v of that shape",
-             f"shape {fmt_shape(a)}" if isinstance(a, torch.Tensor) else type_of(a), "sample_gaussian: samples shape")
+             f"shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) else type_of(a), "sample_gaussian: samples shape")
     if not isinstance(b, torch.Tensor) or not torch.equal(a, b):
         fail("the same draw from two generators seeded alike", "different draws", "sample_gaussian: generator")
     record = take(found, "expanded grads")

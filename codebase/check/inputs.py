@@ -1,8 +1,6 @@
-"""The inputs of the checks, made from a seed: the same numbers on every machine and torch version.
-
-Every number comes from numpy's RandomState, whose stream numpy keeps fixed for good, so the
-expected values stored for a seed (the starter's expected.pt) stay right wherever the checks run.
-The local self-check uses SEED; the grader draws a new seed for each grading.
+"""The inputs of the checks, made from a seed by numpy's RandomState, whose stream numpy keeps fixed for good:
+the same numbers on every machine and torch version, so expected.pt's values stay right wherever the checks
+run. The local self-check uses SEED; the grader draws a new seed for each grading.
 """
 import math
 import zlib
@@ -45,13 +43,10 @@ def generator_seed(seed, name):
 
 
 def fixed_state(kind, seed):
-    """{name: float64 tensor}: the parameters of an untrained model of `kind`, fixed by the seed.
-
-    A weight matrix is uniform within +-1/sqrt(fan-in), as torch initialises it, and so is the
-    bias after it; the GMVAE's prior is spread out (means N(0, 1), pre-softplus variances
-    N(0, 1/4)): with all k components at one place, as at initialisation, mistakes between
-    components would go unseen.
-    """
+    """{name: float64 tensor}: the parameters of an untrained model of `kind`, fixed by the seed. A weight
+    and the bias after it are uniform within +-1/sqrt(fan-in), as torch initialises them; the GMVAE's prior is
+    spread out (means N(0, 1), pre-softplus variances N(0, 1/4)): with all k components at one place,
+    mistakes between components would go unseen."""
     from codebase.models.nns import Decoder, Encoder
     with torch.random.fork_rng(devices=[]):
         nets = {"enc": Encoder(Z_DIM), "dec": Decoder(Z_DIM)}

@@ -1,8 +1,7 @@
-"""The judge: each check's PASS or FAIL line, from what the probe recorded and the expected values.
+"""The judge: each check's PASS or FAIL line, from the probe's record and the expected values.
 
-It never runs the code under test: it reads the probe's results and the expected values (computed by
-the course's references, or stored in expected.pt). A check of functions.py or bounds.py is judged by
-its own judge there, any other case by case (compare.judge_cases).
+It never runs the code under test. A check with a judge of its own (functions.py, bounds.py) is judged
+there, any other case by case (compare.judge_cases).
 """
 from typing import NamedTuple
 
@@ -23,39 +22,23 @@ class Verdict(NamedTuple):
 
 
 def _raised(check, record, expected):
-    """(optional, message, cause) of a check whose code raised, from the probe's error record."""
+    """The Verdict of a check whose code is not written yet, else the (message, cause) of the error it raised."""
     if record.get("type") == "z_pre":
-        return False, f"expected GMVAE.z_pre of shape (1, 1000, 10), got {record.get('message')}", \
-            CAUSES["GMVAE: z_pre"]
+        return f"expected GMVAE.z_pre of shape (1, 1000, 10), got {record.get('message')}", CAUSES["GMVAE: z_pre"]
     if record.get("not_implemented"):
         origin = record.get("origin")
-        callee = "" if origin in (check.target, "<module>", "", None) else f" ({origin} raises NotImplementedError)"
-        return check.optional, f"not implemented yet{callee}", None
+        said = "not implemented yet" + ("" if origin in (check.target, "<module>", "", None)
+                                        else f" ({origin} raises NotImplementedError)")
+        if check.optional:
+            return Verdict(check.name, False, f"----  {check.name}: {said} (optional: the problem set does not ask "
+                                              "for it)", optional=True)
+        return Verdict(check.name, False, f"FAIL  {check.name}: {said}")
     located = f" ({where(record)})" if where(record) else ""
     sizes = (expected.get("batch", BATCH), K, Z_DIM) if check.kind and isinstance(expected, dict) else (0, 0, 0)
     cause = cause_of_error(record.get("message"), *sizes)
     if cause:  # a known mistake behind the error: said as the other FAIL lines say theirs
-        return False, f"expected {check.function} to run, got {record.get('message')}{located}", CAUSES[cause]
-    return False, f"{record.get('message')}{located}", None
-
-
-def _judged(check, found, expected):
-    """A check's Verdict if it passed or waits to be written, else its FAIL as (message, cause, first):
-    first, when the failure comes before what the check tests (an import), so failing callees are no
-    likelier a cause."""
-    try:
-        JUDGES.get(check.key, judge_cases)(check, found, expected)
-    except Failure as e:
-        return e.message, e.cause, False
-    except Raised as e:
-        optional, message, cause = _raised(check, e.record, expected)
-        if optional:
-            return Verdict(check.name, False, f"----  {check.name}: {message} (optional: the problem set does not "
-                                              "ask for it)", optional=True)
-        if e.record.get("not_implemented"):
-            return Verdict(check.name, False, f"FAIL  {check.name}: {message}")
-        return message, cause, e.record.get("type") in ("import", "z_pre")
-    return Verdict(check.name, True, f"PASS  {check.name}")
+        return f"expected {check.function} to run, got {record.get('message')}{located}", CAUSES[cause]
+    return f"{record.get('message')}{located}", None
 
 
 def verdict(check, found, expected, failed=()):
@@ -63,17 +46,23 @@ def verdict(check, found, expected, failed=()):
 
     failed: the names of the checks that failed before it, which the FAIL line names as likelier causes.
     """
+    first = False  # whether it failed before what it tests (an import), where a failing callee is no likelier
     try:
-        judged = _judged(check, found, expected)
+        try:
+            JUDGES.get(check.key, judge_cases)(check, found, expected)
+            return Verdict(check.name, True, f"PASS  {check.name}")
+        except Failure as e:
+            message, cause = e.message, e.cause
+        except Raised as e:
+            judged = _raised(check, e.record, expected)
+            if isinstance(judged, Verdict):
+                return judged
+            (message, cause), first = judged, e.record.get("type") in ("import", "z_pre")
     except Exception as e:  # results that are not what the probe writes (a forged or damaged file)
-        judged = f"its results cannot be judged ({type(e).__name__}: {str(e)[:200]})", None, True
-    if isinstance(judged, Verdict):
-        return judged
-    message, cause, first = judged
+        message, cause, first = f"its results cannot be judged ({type(e).__name__}: {str(e)[:200]})", None, True
     broken = [] if first else [n for n in check.needs if n in failed]
     if broken:
         # A wrong callee is the likelier cause, and it can mimic the signature of another mistake.
         callee = f"{', '.join(broken)} fail{'s' if len(broken) == 1 else ''} too (see above): fix that first"
         cause = f"{callee} (if that is not it: {cause})" if cause else callee
-    cause = f"; likely cause: {cause}" if cause else ""
-    return Verdict(check.name, False, f"FAIL  {check.name}: {message}{cause}")
+    return Verdict(check.name, False, f"FAIL  {check.name}: {message}" + (f"; likely cause: {cause}" if cause else ""))

@@ -1,6 +1,5 @@
-"""The usual mistakes that the self-check names: {key: the FAIL line's "likely cause"}. The model
-answer's tests make every one of them and assert the diagnosis. A cause with {what} names the term it
-was found in (nelbo, kl, rec or niwae). This module imports no torch.
+"""The usual mistakes that the self-check names: {key: the FAIL line's "likely cause"}; a cause with {what}
+names the term it was found in (nelbo, kl, rec or niwae). The model answer's tests make every one of them.
 """
 import re
 
@@ -26,7 +25,6 @@ def _reductions(fn):
                                    "is cut from the graph (.detach(), .data or .item())"}
 
 
-# The likely cause of each mistake that a check names.
 CAUSES = {
     "not a tensor": "return a torch tensor (no .item(), numpy or python numbers)",
     "detached": ".detach(), .item(), numpy or torch.tensor(...) cut the graph: use torch operations only",
@@ -192,10 +190,8 @@ CAUSES = {
 
 
 def cause_of_error(message, batch, k, dim):
-    """The key of CAUSES behind an error a function raised (its first line), or None.
-
-    batch, k, dim: the sizes of the call: images, mixture components, latent dimension
-    """
+    """The key of CAUSES behind the error (its first line) of a call with `batch` images, k mixture
+    components and latent dimension `dim`, or None."""
     sizes = re.search(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)", message or "")
     if not sizes:
         return None

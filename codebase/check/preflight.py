@@ -1,8 +1,5 @@
-"""The run scripts' first look at the model's functions, in the self-check's words.
-
-Before any data, training or file, the run tries the model's functions on two random images: a
-function that is still a stub, or that fails outright, is named in one line in under a second,
-with the likely mistake, instead of a traceback after minutes of setup.
+"""The run scripts' first look at the model's functions, before any data, training or file: a function that
+is still a stub, or fails outright on two random images, is named in one line with the likely mistake.
 """
 import torch
 

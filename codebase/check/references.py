@@ -50,7 +50,7 @@ def mixture(z, m, v, sd=None):
 
 def case(what, want, mistakes=None, **options):
     """The spec of one comparison: the value expected of `what`, the usual mistakes, and the options of
-    judge.compare (where, rtol, atol, nonfinite, otherwise, match, on_error).
+    compare.compare (where, rtol, atol, nonfinite, otherwise, match, on_error).
 
     A mistake whose shape no other value has is kept as that shape alone: the shape names it.
     """
@@ -93,7 +93,7 @@ def ref_log_normal(check, seed):
 
 @references("log_normal_far")
 def ref_log_normal_far(check, seed):
-    x, m, v = torch.full((3, 10), 100.0, dtype=F64), torch.zeros(3, 10, dtype=F64), torch.full((3, 10), 1e-8, dtype=F64)
+    x, m, v = (t.double() for t in inputs_of("log_normal_far", seed, "far"))  # the float32 values, as the probe's
     return {"far": case("log_normal(x, m, v)", Normal(m, v.sqrt()).log_prob(x).sum(-1), _log_normal_mistakes(x, m, v),
                         rtol=1e-5, atol=0, where="at x - m = 100, v = 1e-8 (float32)",
                         nonfinite="log_normal: density first"),
@@ -189,10 +189,10 @@ def ref_kl_normal(check, seed):
             "kl_normal: v as sd": kl_divergence(Normal(qm, qv), Normal(pm, pv)).sum(-1),
             "kl_normal: no 1/2": 2 * want, "kl_normal: no -1": want + 0.5 * qm.size(-1),
             **_sums("kl_normal", each)}, where=f"for q of shape {q_shape}, p of shape {p_shape}")
-    qm, qv = torch.full((3, 10), 100.0, dtype=F64), torch.full((3, 10), 1e-8, dtype=F64)
-    cases["far"] = case("kl_normal(qm, qv, 0, 1)", kl_divergence(Normal(qm, qv.sqrt()), Normal(0.0, 1.0)).sum(-1),
-                        rtol=1e-5, atol=1e-3, where="for qm = 100, qv = 1e-8 (float32)",
-                        nonfinite="kl_normal: overflow")
+    qm, qv, pm, pv = (t.double() for t in inputs_of("kl_normal", seed, "far"))
+    want = kl_divergence(Normal(qm, qv.sqrt()), Normal(pm, pv.sqrt())).sum(-1)
+    cases["far"] = case("kl_normal(qm, qv, 0, 1)", want, rtol=1e-5, atol=1e-3,
+                        where="for qm = 100, qv = 1e-8 (float32)", nonfinite="kl_normal: overflow")
     return cases
 
 
@@ -324,7 +324,7 @@ def iwae_reference(kind, state, x, eps, detach_z=False):
 
 
 def part_grads(out, state):
-    """{part: projections} of the gradient of `out` with respect to each part's parameters (probe.project)."""
+    """{part: projections} of the gradient of `out` with respect to each part's parameters (bounds.project)."""
     parts = {"the encoder": [n for n in state if n.startswith("enc.")],
              "the decoder": [n for n in state if n.startswith("dec.")]}
     if "z_pre" in state:
@@ -336,9 +336,8 @@ def part_grads(out, state):
 
 @references("elbo", "iwae", "odd_batch")
 def ref_bound(check, seed):
-    """A bound's want and mistakes, each a tensor: (draws,) over the probe's draws of z (the shared one
-    first), and the
-    gradients of its first value on the shared draw, with z as drawn and with z cut from the graph."""
+    """A bound's want and mistakes, each a tensor: (draws,) over the probe's draws of z (the shared one first),
+    and the gradients of its first value on the shared draw, with z as drawn and with z cut from the graph."""
     which = "iwae" if check.key == "iwae" else "elbo"
     batch = ODD_BATCH if check.key in ("iwae", "odd_batch") else 100
     state = {n: t.requires_grad_() for n, t in data.fixed_state(check.kind, seed).items()}

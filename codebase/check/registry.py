@@ -1,41 +1,27 @@
-"""The registry of checks: the one list that the self-check and the grader read.
-
-Each check has a name, tests one function, and names the checks of the functions it builds on:
-when those fail too, its FAIL line says to fix them first. The checks run in this order,
-callees before callers. It imports neither torch nor the code under test, so that the grader can
-read it.
+"""The checks: the one list that the self-check and the grader read (it imports neither torch nor the code
+under test). They run in this order, callees before callers; when the checks of the functions a check
+builds on fail too, its FAIL line says to fix those first.
 """
 from dataclasses import dataclass
 
 from codebase.check.figures import MODEL_LABELS
 
 ODD_BATCH = 97  # a batch size that a hard-coded 100 cannot survive
-# The functions of the student's two files that the starter gives: an error raised inside one of them
-# comes from the student's call, and a FAIL line points at that call.
+# The given functions of the student's two files: an error raised inside one comes from the student's call,
+# and a FAIL line points at that call.
 GIVEN_FUNCTIONS = ("sample_gaussian", "gaussian_parameters", "log_normal", "log_bernoulli_with_logits", "kl_normal",
                    "log_sum_exp", "log_mean_exp", "prior", "log_prior", "sample_z", "__init__")
 
 
 @dataclass(frozen=True)
 class Check:
-    """One check.
-
-    name: what its PASS or FAIL line begins with
-    key: which probe, references and judge it uses (one per kind of check)
-    function: the function it tests, as the student knows it ("log_normal_mixture", "GMVAE.negative_elbo_bound")
-    target: that function's own name, to tell its NotImplementedError from a callee's
-    kind: the model ("gmvae" or "vae") for a check of a bound, else None
-    needs: the names of the checks of the functions it calls
-    optional: a check of code that the problem set does not ask for (the IWAE bound): not written yet,
-        it is reported but not counted as a failure
-    """
-    name: str
-    key: str
-    function: str
-    target: str
-    kind: str = None
-    needs: tuple = ()
-    optional: bool = False
+    name: str  # what its PASS or FAIL line begins with
+    key: str  # which probe, references and judge it uses (one per kind of check)
+    function: str  # the function it tests, as the student knows it ("GMVAE.negative_elbo_bound")
+    target: str  # that function's own name, to tell its NotImplementedError from a callee's
+    kind: str = None  # the model ("gmvae" or "vae") of a check of a bound
+    needs: tuple = ()  # the names of the checks of the functions it calls
+    optional: bool = False  # of code the problem set does not ask for (the IWAE bound): unwritten, no failure
 
 
 def _checks():
@@ -72,10 +58,10 @@ CHECKS = _checks()
 
 def by_name(name):
     """The check called `name`; KeyError if there is none."""
-    found = [c for c in CHECKS if c.name == name]
-    if not found:
-        raise KeyError(f"no check is called {name!r}")
-    return found[0]
+    for c in CHECKS:
+        if c.name == name:
+            return c
+    raise KeyError(f"no check is called {name!r}")
 
 
 def checks_of(function):

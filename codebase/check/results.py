@@ -1,15 +1,10 @@
-"""The self-check's --results: each model's newest run, judged for plausibility first, then against the
-course's accepted ranges.
+"""python -m codebase.check --results: each model's newest run, judged for plausibility first, then against
+the accepted ranges of figures.py.
 
-    python -m codebase.check --results [--logs logs]
-
-The ranges, labels, run scripts and graded setting are codebase/check/figures.py's. Before any range,
-it asks whether the figures can come from a correct bound at all (finite, NELBO > 0, KL and Rec not
-negative, NELBO = KL + Rec, NELBO not far above the model answer's at that many iterations), and
-whether the run's last attempt stopped (logs/<run>/stopped.json). A run writes results.json at its
-end only (and removes an earlier run's when it starts), so a run without one has not finished. A
-plausible run that is shorter than the graded setting, or in another setting, is not judged
-(SKIP, exit status 3): a correct bound needs the whole run to reach the ranges.
+Figures that no correct bound gives fail whatever the run's length, and so does a run whose last attempt
+stopped (logs/<run>/stopped.json). A run writes results.json at its end only, so a run without one has not
+finished. A plausible run shorter than the graded setting, or in another setting, is not judged (SKIP, exit
+status 3): a correct bound needs the whole run to reach the ranges.
 """
 import json
 import math
@@ -36,38 +31,32 @@ def _changed(path):
 
 def newest_run(logs, model):
     """The newest run folder logs/model=<model>_*/, by its results.json, metrics.csv or stopped.json, or None."""
-    def changed(folder):
-        return max(filter(None, (_changed(folder / n) for n in ("results.json", "metrics.csv", STOPPED))),
-                   default=None)
-
+    changed = lambda run: max(filter(None, map(_changed, (run / "results.json", run / "metrics.csv", run / STOPPED))),
+                              default=None)
     found = [f for f in Path(logs).glob(f"model={model}_*") if f.is_dir() and changed(f) is not None]
     return max(found, key=changed, default=None)
 
 
-def _bound_check(model):
-    return f"python -m codebase.check --only {MODEL_LABELS[model]}.negative_elbo_bound"
-
-
 def _stopped(folder, model):
-    """A Failure for a run whose last attempt stopped (stopped.json newer than any results.json), or None."""
+    """Raise Failure if the run's last attempt stopped (stopped.json newer than any results.json)."""
     record, results = folder / STOPPED, folder / "results.json"
     if _changed(record) is None or (_changed(results) or 0) > _changed(record):
-        return None
+        return
     try:
         stop = json.loads(record.read_text())
         config, message = Config.from_dict(stop["config"]), str(stop["message"]).splitlines()
         when = f"at iteration {int(stop['iteration'])}" if stop.get("iteration") else "before training"
     except (OSError, ValueError, TypeError, KeyError) as e:
-        return Failure(f"{record} cannot be read ({first_line(e)})", f"run python run_{model}.py again")
+        raise Failure(f"{record} cannot be read ({first_line(e)})", f"run python run_{model}.py again") from None
     earlier = f" (the figures in {results} are an earlier run's)" if results.is_file() else ""
-    return Failure(f"the run's last attempt stopped {when}: {message[0] if message else '?'}{earlier}",
-                   f"mistaken code: run python -m codebase.check to find it, then {config.command('--overwrite')}")
+    raise Failure(f"the run's last attempt stopped {when}: {message[0] if message else '?'}{earlier}",
+                  f"mistaken code: run python -m codebase.check to find it, then {config.command('--overwrite')}")
 
 
 def _plausible(model, values, iterations, path):
     """Raise Failure if no correct bound gives these figures, whatever the run's length."""
     nelbo, kl, rec = values.values()
-    check = f"run {_bound_check(model)}"
+    check = f"run python -m codebase.check --only {MODEL_LABELS[model]}.negative_elbo_bound"
     if not all(math.isfinite(v) for v in values.values()):
         raise Failure(f"expected a finite NELBO, KL and Rec in {path}, got {nelbo}, {kl}, {rec}",
                       f"training diverged, as a mistaken bound does: {check}")
@@ -119,20 +108,13 @@ def _unjudged(model, values, iterations, config, path, too_good):
 
 
 def check_results(logs, model):
-    """The newest run's NELBO, KL and Rec, judged; returns the PASS line's note.
-
-    Raises:
-        Failure: the figures cannot come from a correct bound, lie outside the ranges, or the run stopped
-        Unjudged: a plausible run in another setting than the graded one (a short run)
-    """
-    label = MODEL_LABELS[model]
+    """The PASS line's note on the newest run's NELBO, KL and Rec; Failure if no correct bound gives them, they
+    lie outside the ranges or the run stopped; Unjudged for a plausible run not in the graded setting."""
     folder = newest_run(logs, model)
     if folder is None:
         raise Failure(f"no results in {logs}/ (no {logs}/model={model}_*/results.json)",
-                      f"the {label} has not been trained and evaluated yet: run python run_{model}.py")
-    stopped = _stopped(folder, model)
-    if stopped:
-        raise stopped
+                      f"the {MODEL_LABELS[model]} has not been trained and evaluated yet: run python run_{model}.py")
+    _stopped(folder, model)
     path = folder / "results.json"
     if not path.is_file():
         raise Failure(f"no results.json in {folder}: the run has not finished (it is training, or it was "
@@ -165,11 +147,8 @@ def check_results(logs, model):
 
 def main(logs, only=None):
     """Print a PASS, FAIL or SKIP line for each model that has a run in `logs`, or for every model when none
-    has (a student who trains only the GMVAE, as the problem set asks, is not failed for the VAE).
-
-    Returns:
-        status: int: 0 if every line is a PASS, 1 if one is a FAIL, else SKIPPED
-    """
+    has (a student who trains only the GMVAE, as the problem set asks, is not failed for the VAE); returns 0
+    if every line is a PASS, 1 if one is a FAIL, else SKIPPED."""
     models = [model for model in MODEL_LABELS if newest_run(logs, model)] or list(MODEL_LABELS)
     models = [m for m in models if not only or any(text in f"results: {MODEL_LABELS[m]}" for text in only)]
     counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}

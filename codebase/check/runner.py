@@ -1,10 +1,9 @@
 """`python -m codebase.check`: probe your functions and judge them, in one process.
 
-The expected values are computed by the course's references where they are present (the model
-answer, the grader), else read from expected.pt, where the course's handout script stored them.
+The expected values come from the course's references where they are present (the model answer, the
+grader), else from expected.pt, which the course's handout script stored.
 """
 import argparse
-import contextlib
 import functools
 import importlib
 from pathlib import Path
@@ -15,12 +14,10 @@ from codebase.check import judge, probe
 from codebase.check.inputs import SEED
 from codebase.check.registry import CHECKS, checks_of, context_of
 
-STORED = Path(__file__).with_name("expected.pt")
-
 
 @functools.cache
 def _stored():
-    stored = torch.load(STORED, weights_only=True)
+    stored = torch.load(Path(__file__).with_name("expected.pt"), weights_only=True)
     if stored["seed"] != SEED:
         raise ValueError(f"expected values are stored for seed {stored['seed']} only, not {SEED}")
     return stored["checks"]
@@ -42,14 +39,17 @@ def verdict(check, failed=()):
     return judge.verdict(check, probe.run(check, SEED), expected(check), failed)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """The checks are many small tensor operations: on a CPU shared with training, extra threads spin
-    against the busy cores and run them tens of times slower."""
-    threads = torch.get_num_threads()
+def verdicts(checks):
+    """Each check's verdict in turn. On one thread: the checks are many small tensor operations, and on a
+    CPU shared with training, extra threads spin against the busy cores and run tens of times slower."""
+    failed, threads = [], torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        for check in checks:
+            v = verdict(check, failed)
+            if not (v.passed or v.optional):
+                failed.append(check.name)
+            yield v
     finally:
         torch.set_num_threads(threads)
 
@@ -57,14 +57,8 @@ def one_thread():
 def failures(function):
     """The FAIL lines of the checks of `function` ("GMVAE.negative_elbo_bound") and of the functions it
     builds on, the optional ones left out: what a run script runs before it trains."""
-    failed, lines = [], []
-    with one_thread():
-        for check in [c for c in context_of(function) + checks_of(function) if not c.optional]:
-            v = verdict(check, failed)
-            if not v.passed:
-                failed.append(check.name)
-                lines.append(v.line)
-    return lines
+    checks = [c for c in context_of(function) + checks_of(function) if not c.optional]
+    return [v.line for v in verdicts(checks) if not v.passed]
 
 
 def main(argv=None):
@@ -82,25 +76,19 @@ def main(argv=None):
     if args.results:
         from codebase.check.results import main as results_main
         return results_main(args.logs, args.only)
-    checks = CHECKS
-    if args.only:
-        checks = [c for c in checks if any(text in c.name for text in args.only)]
-        if not checks:
-            parser.error(f"no check's name contains {' or '.join(map(repr, args.only))}")
-    failed, optional = [], []
-    with one_thread():
-        for check in checks:
-            v = verdict(check, failed)
-            if v.optional:
-                optional.append(check.name)
-                continue  # said once, below: the problem set does not ask for these
-            if not v.passed:
-                failed.append(check.name)
+    checks = [c for c in CHECKS if not args.only or any(text in c.name for text in args.only)]
+    if not checks:
+        parser.error(f"no check's name contains {' or '.join(map(repr, args.only))}")
+    failed = optional = 0
+    for v in verdicts(checks):
+        if v.optional:
+            optional += 1  # said once, below: the problem set does not ask for these
+        else:
+            failed += not v.passed
             print(v.line, flush=True)
     if optional:
-        print(f"----  {len(optional)} optional checks of the IWAE bound (codebase/models/base.py): not implemented "
+        print(f"----  {optional} optional checks of the IWAE bound (codebase/models/base.py): not implemented "
               "yet; the problem set does not ask for it", flush=True)
-    passed = len(checks) - len(failed) - len(optional)
-    optional_note = f", {len(optional)} optional not implemented" if optional else ""
-    print(f"{passed} passed, {len(failed)} failed{optional_note}")
+    note = f", {optional} optional not implemented" if optional else ""
+    print(f"{len(checks) - failed - optional} passed, {failed} failed{note}")
     return 1 if failed else 0
