@@ -238,14 +238,15 @@ def test_the_hand_written_sentences_hold_for_the_committed_data():
              for r in g + v]
     assert sum(noisy) < len(noisy) / 2
     # Table 5: the KL's minimum comes early and the KL climbs back; then the VAE's keeps rising, by more than
-    # the GMVAE's, which dips a little first.
+    # the GMVAE's, which moves by under a quarter of a nat from 2,000 to 5,000 first.
     first, second, end = *make_results.KL_MARKS, settings["iter_max"]
     for rows in metrics["gmvae"] + metrics["vae"]:
         lowest = min(rows, key=lambda row: row["kl"])
         assert lowest["iteration"] < first and make_results.kl_near(rows, first) > lowest["kl"]
     near = {m: [[make_results.kl_near(rows, mark) for mark in (first, second, end)] for rows in metrics[m]]
             for m in collect.MODELS}
-    assert all(a < b < c for a, b, c in near["vae"]) and all(b < a < c for a, b, c in near["gmvae"])
+    assert all(a < b < c for a, b, c in near["vae"])
+    assert all(abs(b - a) < 0.25 and max(a, b) < c for a, b, c in near["gmvae"])
     assert min(c - a for a, _, c in near["vae"]) > max(c - a for a, _, c in near["gmvae"])
     # details.md, Table A: "with the settings in README.md's Table 2 it comes out equal to s.e."
     assert all(len({f"{e:.3f}" for e in make_results.standard_errors(settings, r)}) == 1 for r in g + v)

@@ -148,6 +148,7 @@ def seed_names(runs):
 def settings_table(settings, runs, metrics):
     """How the runs were trained and evaluated, from settings.json and the runs' own records."""
     ks = [c[4:] for c in iwae_columns(settings)]
+    steps = [(r.get("compile") or {}).get("path", "eager") for m in MODELS for r in runs[m]]  # None: eager
     return table(["Setting", "Value"], [
         ["Training iterations of each run", f"{settings['iter_max']:,}"],
         ["Runs of each model", f"{len(runs['gmvae'])} ({seed_names(runs)})"],
@@ -157,6 +158,8 @@ def settings_table(settings, runs, metrics):
         [f"Evaluations averaged for −IWAE-S, S = {', '.join(ks)}",
          ", ".join(str(settings["iwae_repeats"][k]) for k in ks)],
         ["Images in the full test split (one evaluation)", f"{settings['test_images']:,}"],
+        ["Training step (as results.json records it)",
+         "; ".join(f"{step}, {steps.count(step)} of {len(steps)} runs" for step in dict.fromkeys(steps))],
         ["Machine (as results.json records it)", machine([r for m in MODELS for r in runs[m]])]],
         align=[":---", ":---"])
 
